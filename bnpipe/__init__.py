@@ -1,0 +1,1 @@
+"""bnpipe: experiments on BatchNormalization-first and other remedies for unstable gradients."""

@@ -1,0 +1,462 @@
+"""Ingest: read a named source, validate it, split it and store one snapshot keyed by its digest.
+
+A snapshot is a directory ``<data_dir>/<digest>/`` holding ``X_<split>.npy`` and ``y_<split>.npy``
+for the train, val and test splits, plus ``meta.json``. It is written to a temporary directory and
+renamed into place, so a crash never leaves half a snapshot. Features are stored raw: scaling
+belongs to the model (see ``bnpipe.model``), so a registered model always takes raw inputs.
+
+Only small JSON-able dicts leave this module; arrays stay on disk.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import json
+import os
+import shutil
+import struct
+import tempfile
+import urllib.parse
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from bnpipe import settings
+
+SPLITS = ("train", "val", "test")
+TABULAR_SOURCES = ("breast_cancer", "wine", "digits")
+FILE_SOURCES = ("csv", "parquet")
+SOURCES = ("fashion_mnist", *TABULAR_SOURCES, *FILE_SOURCES, "synthetic")
+FASHION_MNIST_CLASSES = (
+    "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
+    "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
+)  # fmt: skip
+DEFAULT_MAX_BYTES = 512 * 1024 * 1024
+
+
+class DataError(ValueError):
+    """Input that no retry can fix: the message says what is wrong, where, and what to do."""
+
+
+@dataclass(frozen=True)
+class IngestRequest:
+    """What to ingest and how to split it. Every field is a plain value, so it travels as a Param."""
+
+    source: str = "fashion_mnist"
+    path: str | None = None  # csv/parquet: a path or URL; fashion_mnist: an IDX directory
+    label: str | None = None  # csv/parquet: the label column
+    rows: int = 2000  # synthetic: number of rows
+    max_rows: int | None = None  # stratified subsample of the training pool, for quick runs
+    val_fraction: float = 0.15
+    test_fraction: float = 0.15
+    seed: int = 42
+    impute: bool = False  # replace NaN/Inf by the training-free column median instead of rejecting
+    encode_categoricals: bool = False  # one-hot encode non-numeric feature columns
+    max_bytes: int = DEFAULT_MAX_BYTES
+
+    def __post_init__(self) -> None:
+        if self.source not in SOURCES:
+            raise DataError(f"unknown source {self.source!r}: choose one of {', '.join(SOURCES)}")
+        if self.source in FILE_SOURCES and not self.path:
+            raise DataError(f"source {self.source!r} needs a path or URL (Param data_path)")
+        if self.source in FILE_SOURCES and not self.label:
+            raise DataError(f"source {self.source!r} needs the label column's name (Param label)")
+        if not 0 < self.val_fraction < 0.5 or not 0 < self.test_fraction < 0.5:
+            raise DataError("val_fraction and test_fraction must each lie strictly between 0 and 0.5")
+
+
+@dataclass
+class Loaded:
+    """A whole data set in memory, before splitting."""
+
+    X: object  # numpy array, raw values
+    y: object  # numpy int array, 0..n_classes-1
+    classes: list[str]
+    feature_names: list[str]
+    source_uri: str
+    notes: list[str] = field(default_factory=list)
+    test: tuple | None = None  # a predefined (X, y) test split, as Fashion-MNIST ships one
+
+
+def dataset_name(req: IngestRequest) -> str:
+    """The name models are registered under: the source, or the file's stem for csv/parquet."""
+    if req.source in FILE_SOURCES:
+        stem = Path(urllib.parse.urlparse(req.path).path).stem or req.source
+        return "".join(c if c.isalnum() or c in "-_" else "_" for c in stem)
+    return req.source
+
+
+def ingest(req: IngestRequest, store: Path | None = None) -> dict:
+    """Load, validate, split and store ``req``; reuse the stored snapshot when the digest matches.
+
+    Returns ``{digest, path, dataset, reused, n_train, n_val, n_test, n_features, n_classes,
+    input_shape, classes, feature_names, notes, source_uri}``.
+    """
+    store = Path(store or settings.data_dir())
+    loaded = load(req)
+    digest = snapshot_digest(loaded, req)
+    target = store / digest
+    reused = (target / "meta.json").exists()
+    if not reused:
+        splits = split(loaded, req)
+        _write_snapshot(target, splits, loaded, req, digest)
+    meta = read_meta(target)
+    meta["reused"] = reused
+    meta["path"] = str(target)
+    return meta
+
+
+def read_meta(snapshot_dir: str | Path) -> dict:
+    return json.loads((Path(snapshot_dir) / "meta.json").read_text())
+
+
+def load_split(snapshot_dir: str | Path, name: str, mmap: bool = False):
+    """(X, y) of one split of a stored snapshot."""
+    import numpy as np
+
+    d = Path(snapshot_dir)
+    mode = "r" if mmap else None
+    return np.load(d / f"X_{name}.npy", mmap_mode=mode), np.load(d / f"y_{name}.npy", mmap_mode=mode)
+
+
+# --- sources ---------------------------------------------------------------------------------
+
+
+def load(req: IngestRequest) -> Loaded:
+    if req.source == "fashion_mnist":
+        return _load_fashion_mnist(req)
+    if req.source in TABULAR_SOURCES:
+        return _load_sklearn(req.source)
+    if req.source == "synthetic":
+        return _load_synthetic(req.rows, req.seed)
+    return _load_file(req)
+
+
+def _read_idx(path: Path):
+    import numpy as np
+
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rb") as fh:
+        raw = fh.read()
+    magic, ndim = struct.unpack(">HxB", raw[:4])[0], raw[3]
+    if magic != 0:
+        raise DataError(f"{path} is not an IDX file (bad magic number)")
+    dims = struct.unpack(f">{ndim}I", raw[4 : 4 + 4 * ndim])
+    return np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim).reshape(dims)
+
+
+def _fashion_mnist_dir(req: IngestRequest) -> Path | None:
+    for candidate in (req.path, os.environ.get("BNPIPE_FASHION_MNIST_DIR"), settings.FASHION_MNIST_DIR):
+        if candidate and (Path(candidate) / "train-labels-idx1-ubyte.gz").exists():
+            return Path(candidate)
+    return None
+
+
+def _load_fashion_mnist(req: IngestRequest) -> Loaded:
+    d = _fashion_mnist_dir(req)
+    if d is not None:
+        X = _read_idx(d / "train-images-idx3-ubyte.gz")
+        y = _read_idx(d / "train-labels-idx1-ubyte.gz")
+        Xt = _read_idx(d / "t10k-images-idx3-ubyte.gz")
+        yt = _read_idx(d / "t10k-labels-idx1-ubyte.gz")
+        uri = d.as_uri()
+    else:  # last resort: keras' download (fails on machines without internet)
+        try:
+            import keras
+
+            (X, y), (Xt, yt) = keras.datasets.fashion_mnist.load_data()
+        except Exception as exc:  # noqa: BLE001 - the message below says what to do
+            raise DataError(
+                f"Fashion-MNIST not found in {settings.FASHION_MNIST_DIR} and keras could not "
+                f"download it ({exc}). Install the Debian package dataset-fashion-mnist "
+                "(`make setup` does) or set BNPIPE_FASHION_MNIST_DIR to a folder of IDX files."
+            ) from exc
+        uri = "keras://datasets/fashion_mnist"
+    names = [f"pixel_{i}" for i in range(28 * 28)]
+    return Loaded(X, y.astype("int64"), list(FASHION_MNIST_CLASSES), names, uri, test=(Xt, yt.astype("int64")))
+
+
+def _load_sklearn(name: str) -> Loaded:
+    from sklearn import datasets
+
+    bunch = getattr(datasets, f"load_{name}")()
+    return Loaded(
+        bunch.data.astype("float32"),
+        bunch.target.astype("int64"),
+        [str(c) for c in bunch.target_names],
+        [str(f) for f in getattr(bunch, "feature_names", [f"x{i}" for i in range(bunch.data.shape[1])])],
+        f"sklearn://datasets/load_{name}",
+    )
+
+
+def synthetic_block(rows: int, seed: int, start: int = 0):
+    """Rows ``start..start+rows`` of the synthetic set: 8 features whose scales span 1e-3..1e4.
+
+    The label depends on the standardized features, so a model that cannot cope with the raw
+    scales learns it poorly. Blocks are independent of how the rows are chunked.
+    """
+    import numpy as np
+
+    scales = np.logspace(-3, 4, 8)
+    rng = np.random.default_rng([seed, start])
+    z = rng.standard_normal((rows, 8))
+    w = np.linspace(1.0, -1.0, 8)
+    logits = z @ w + 0.5 * z[:, 0] * z[:, 7]
+    y = (logits + 0.3 * rng.standard_normal(rows) > 0).astype("int64")
+    X = (z * scales + scales).astype("float32")
+    return X, y
+
+
+def _load_synthetic(rows: int, seed: int) -> Loaded:
+    if rows < 20:
+        raise DataError(f"synthetic source: rows={rows} is too few; ask for at least 20")
+    X, y = synthetic_block(rows, seed)
+    names = [f"scale_1e{e}" for e in range(-3, 5)]
+    return Loaded(X, y, ["0", "1"], names, f"synthetic://rows={rows}&seed={seed}")
+
+
+def _resolve_location(req: IngestRequest) -> str:
+    """The path or URL of a csv/parquet source, checked against the configured allow-lists."""
+    loc = req.path
+    scheme = urllib.parse.urlparse(loc).scheme
+    if scheme and len(scheme) > 1:  # not a Windows drive letter
+        if scheme not in settings.allowed_url_schemes():
+            raise DataError(
+                f"{loc}: URL scheme {scheme!r} is not allowed; allowed schemes are "
+                f"{', '.join(settings.allowed_url_schemes())} (setting BNPIPE_URL_SCHEMES)"
+            )
+        return loc
+    p = Path(loc).expanduser().resolve()
+    if os.environ.get("BNPIPE_ALLOW_ANY_PATH") != "1":
+        dirs = settings.allowed_input_dirs()
+        if not any(p.is_relative_to(d) for d in dirs):
+            raise DataError(
+                f"{p} is outside the allowed input directories ({', '.join(map(str, dirs))}); "
+                "move the file there, or set BNPIPE_INPUT_DIRS or BNPIPE_ALLOW_ANY_PATH=1"
+            )
+    if not p.exists():
+        raise DataError(f"{p}: no such file; check the Param data_path")
+    if p.stat().st_size > req.max_bytes:
+        raise DataError(f"{p}: {p.stat().st_size} bytes is over the size cap of {req.max_bytes} bytes")
+    if p.stat().st_size == 0:
+        raise DataError(f"{p}: the file is empty")
+    return str(p)
+
+
+def _read_frame(req: IngestRequest, loc: str):
+    import pandas as pd
+
+    try:
+        if req.source == "parquet":
+            return pd.read_parquet(loc)
+        return _read_csv(loc, req)
+    except DataError:
+        raise
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{loc}: not UTF-8 text ({exc.reason} at byte {exc.start}); re-save it as UTF-8") from exc
+    except pd.errors.EmptyDataError as exc:
+        raise DataError(f"{loc}: the file is empty") from exc
+    except FileNotFoundError as exc:
+        raise DataError(f"{loc}: no such file or URL") from exc
+    except OSError as exc:  # URLs that cannot be fetched land here
+        raise DataError(f"{loc}: could not be read ({exc})") from exc
+
+
+def _read_csv(loc: str, req: IngestRequest):
+    import csv
+    import io
+    import urllib.request
+
+    import pandas as pd
+
+    if "://" in loc:
+        with urllib.request.urlopen(loc, timeout=30) as resp:  # noqa: S310 - scheme checked above
+            raw = resp.read(req.max_bytes + 1)
+        if len(raw) > req.max_bytes:
+            raise DataError(f"{loc}: more than the size cap of {req.max_bytes} bytes")
+    else:
+        raw = Path(loc).read_bytes()
+    text = raw.decode("utf-8")
+    if not text.strip():
+        raise DataError(f"{loc}: the file is empty")
+    header = next(csv.reader(io.StringIO(text)))
+    dupes = sorted({h for h in header if header.count(h) > 1})
+    if dupes:
+        raise DataError(f"{loc}: duplicate column names {dupes}; every column needs a unique name")
+    return pd.read_csv(io.StringIO(text))
+
+
+def _load_file(req: IngestRequest) -> Loaded:
+    loc = _resolve_location(req)
+    df = _read_frame(req, loc)
+    return frame_to_loaded(df, req, loc)
+
+
+def frame_to_loaded(df, req: IngestRequest, where: str) -> Loaded:
+    """Validate a raw table (pandera) and turn it into features and encoded labels."""
+    import numpy as np
+    import pandas as pd
+    import pandera.pandas as pa
+
+    notes: list[str] = []
+    if df.columns.duplicated().any():
+        dupes = sorted(set(df.columns[df.columns.duplicated()]))
+        raise DataError(f"{where}: duplicate column names {dupes}; every column needs a unique name")
+    if len(df.columns) == 0:
+        raise DataError(f"{where}: the file is empty")
+    if req.label not in df.columns:
+        raise DataError(f"{where}: label column {req.label!r} not found; columns are {list(df.columns)}")
+    if len(df) == 0:
+        raise DataError(f"{where}: the file has a header but no rows")
+    features = df.drop(columns=[req.label])
+    if features.shape[1] == 0:
+        raise DataError(f"{where}: no feature columns besides the label {req.label!r}")
+    non_numeric = [c for c in features.columns if not pd.api.types.is_numeric_dtype(features[c])]
+    if non_numeric:
+        if not req.encode_categoricals:
+            raise DataError(
+                f"{where}: non-numeric feature columns {non_numeric}; convert them to numbers "
+                "or set the Param encode_categoricals to one-hot encode them"
+            )
+        features = pd.get_dummies(features, columns=non_numeric, dtype="float32")
+        notes.append(f"one-hot encoded {non_numeric}")
+    features = features.astype("float64")
+    bad = ~np.isfinite(features.to_numpy())
+    if bad.any():
+        counts = {c: int(n) for c, n in zip(features.columns, bad.sum(axis=0)) if n}
+        if not req.impute:
+            raise DataError(
+                f"{where}: {int(bad.sum())} NaN/Inf values in columns {counts}; clean them "
+                "or set the Param impute to replace them with the column median"
+            )
+        features = features.mask(bad)
+        features = features.fillna(features.median())
+        notes.append(f"imputed NaN/Inf with column medians: {counts}")
+    constant = [c for c in features.columns if features[c].nunique(dropna=False) <= 1]
+    if constant:
+        features = features.drop(columns=constant)
+        notes.append(f"dropped constant columns {constant}")
+        if features.shape[1] == 0:
+            raise DataError(f"{where}: every feature column is constant; nothing to learn from")
+    labels = df[req.label]
+    if labels.isna().any():
+        raise DataError(f"{where}: {int(labels.isna().sum())} rows have no label in {req.label!r}")
+    schema = pa.DataFrameSchema(
+        {c: pa.Column(float, pa.Check(lambda s: np.isfinite(s), element_wise=False)) for c in features.columns},
+        strict=True,
+    )
+    try:
+        schema.validate(features, lazy=True)
+    except pa.errors.SchemaErrors as exc:
+        raise DataError(f"{where}: schema check failed: {exc.failure_cases.head(10).to_dict('records')}") from exc
+    classes = sorted(labels.astype(str).unique())
+    if len(classes) < 2:
+        raise DataError(f"{where}: the label column {req.label!r} has a single class {classes}; need two or more")
+    index = {c: i for i, c in enumerate(classes)}
+    y = labels.astype(str).map(index).to_numpy("int64")
+    return Loaded(features.to_numpy("float32"), y, classes, [str(c) for c in features.columns], where, notes)
+
+
+# --- split and store -------------------------------------------------------------------------
+
+
+def snapshot_digest(loaded: Loaded, req: IngestRequest) -> str:
+    """sha256 of the data's bytes and of everything that decides the split, shortened to 16 hex."""
+    import numpy as np
+
+    h = hashlib.sha256()
+    parts = [loaded.X, loaded.y] + (list(loaded.test) if loaded.test else [])
+    for a in parts:
+        a = np.ascontiguousarray(a)
+        h.update(f"{a.dtype.str}{a.shape}".encode())
+        h.update(memoryview(a).cast("B"))
+    split_cfg = {
+        "val": req.val_fraction, "test": req.test_fraction, "seed": req.seed,
+        "max_rows": req.max_rows, "features": loaded.feature_names, "classes": loaded.classes,
+    }  # fmt: skip
+    h.update(json.dumps(split_cfg, sort_keys=True).encode())
+    return h.hexdigest()[:16]
+
+
+def _stratified_take(y, n: int, seed: int):
+    """Indices of a stratified subsample of size n (n < len(y))."""
+    import numpy as np
+    from sklearn.model_selection import train_test_split
+
+    idx = np.arange(len(y))
+    keep, _ = train_test_split(idx, train_size=n, stratify=y, random_state=seed)
+    return np.sort(keep)
+
+
+def split(loaded: Loaded, req: IngestRequest) -> dict:
+    """Deterministic stratified train/val/test split from ``req.seed``."""
+    import numpy as np
+    from sklearn.model_selection import train_test_split
+
+    X, y = loaded.X, loaded.y
+    n_classes = len(loaded.classes)
+    if req.max_rows and req.max_rows < len(y):
+        keep = _stratified_take(y, req.max_rows, req.seed)
+        X, y = X[keep], y[keep]
+    counts = np.bincount(y, minlength=n_classes)
+    if loaded.test is not None:
+        Xt, yt = loaded.test
+        if req.max_rows and req.max_rows // 6 < len(yt):
+            keep = _stratified_take(yt, max(req.max_rows // 6, 2 * n_classes), req.seed)
+            Xt, yt = Xt[keep], yt[keep]
+        holdout = req.val_fraction
+    else:
+        holdout = req.val_fraction + req.test_fraction
+    min_rows = 3 * n_classes if loaded.test is None else 2 * n_classes
+    if len(y) < max(min_rows, 10) or counts.min() < (3 if loaded.test is None else 2):
+        raise DataError(
+            f"{loaded.source_uri}: {len(y)} rows (smallest class: {int(counts.min())}) are too few "
+            "for a stratified train/val/test split; need at least 3 rows of every class and 10 in all"
+        )
+    try:
+        X_tr, X_ho, y_tr, y_ho = train_test_split(X, y, test_size=holdout, stratify=y, random_state=req.seed)
+        if loaded.test is None:
+            rel = req.test_fraction / holdout
+            X_va, Xt, y_va, yt = train_test_split(X_ho, y_ho, test_size=rel, stratify=y_ho, random_state=req.seed)
+        else:
+            X_va, y_va = X_ho, y_ho
+    except ValueError as exc:
+        raise DataError(f"{loaded.source_uri}: too few rows for a stratified split ({exc})") from exc
+    return {"train": (X_tr, y_tr), "val": (X_va, y_va), "test": (Xt, yt)}
+
+
+def _write_snapshot(target: Path, splits: dict, loaded: Loaded, req: IngestRequest, digest: str) -> None:
+    import numpy as np
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{digest}-", dir=target.parent))
+    try:
+        for name, (X, y) in splits.items():
+            np.save(tmp / f"X_{name}.npy", np.ascontiguousarray(X))
+            np.save(tmp / f"y_{name}.npy", np.ascontiguousarray(y))
+        X_tr = splits["train"][0]
+        meta = {
+            "digest": digest,
+            "dataset": dataset_name(req),
+            "source_uri": loaded.source_uri,
+            "request": asdict(req),
+            "n_train": int(len(splits["train"][1])),
+            "n_val": int(len(splits["val"][1])),
+            "n_test": int(len(splits["test"][1])),
+            "input_shape": list(X_tr.shape[1:]),
+            "n_features": int(np.prod(X_tr.shape[1:])),
+            "n_classes": len(loaded.classes),
+            "classes": loaded.classes,
+            "feature_names": loaded.feature_names,
+            "dtype": str(X_tr.dtype),
+            "notes": loaded.notes,
+        }
+        (tmp / "meta.json").write_text(json.dumps(meta, indent=2))
+        try:
+            tmp.rename(target)
+        except OSError:  # another task stored the same snapshot first: theirs is identical
+            if not (target / "meta.json").exists():
+                raise
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)

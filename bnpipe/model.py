@@ -1,0 +1,78 @@
+"""Model: a short pure function from a variant (and the training data's statistics) to a Keras model.
+
+Preprocessing is part of the model, so the model always takes raw inputs:
+- ``standard``: a frozen ``Normalization`` layer with sklearn's StandardScaler mean and scale,
+  fitted on the training split only;
+- ``minmax``: the same layer with MinMaxScaler's min and range;
+- ``bn_first``: a ``BatchNormalization`` layer right after the input (the claim under test);
+- ``none``: nothing.
+"""
+
+from __future__ import annotations
+
+from bnpipe.variants import Variant
+
+
+def scaler_stats(variant: Variant, X_train):
+    """(mean, variance) for a fixed Normalization layer, or None. Fitted on the training split only."""
+    import numpy as np
+
+    if variant.preprocessing not in ("standard", "minmax"):
+        return None
+    flat = np.asarray(X_train, dtype="float64").reshape(len(X_train), -1)
+    if variant.preprocessing == "standard":
+        from sklearn.preprocessing import StandardScaler
+
+        sc = StandardScaler().fit(flat)
+        return sc.mean_.astype("float32"), (sc.scale_**2).astype("float32")
+    from sklearn.preprocessing import MinMaxScaler
+
+    sc = MinMaxScaler().fit(flat)
+    rng = np.where(sc.data_range_ > 0, sc.data_range_, 1.0)
+    return sc.data_min_.astype("float32"), (rng**2).astype("float32")
+
+
+def build_model(variant: Variant, input_shape, n_classes: int, stats=None):
+    """The design notes' MLP: [preprocessing], then Dense(+BN) blocks, then softmax."""
+    import keras
+    from keras import layers
+
+    inputs = keras.Input(shape=tuple(input_shape), name="raw")
+    x = layers.Flatten(name="flatten")(inputs) if len(input_shape) > 1 else inputs
+    if variant.preprocessing in ("standard", "minmax"):
+        mean, var = stats
+        x = layers.Normalization(mean=mean, variance=var, name=f"{variant.preprocessing}_scaler")(x)
+    elif variant.preprocessing == "bn_first":
+        x = layers.BatchNormalization(momentum=variant.bn_momentum, name="bn_input")(x)
+    for i, units in enumerate(variant.hidden):
+        x = layers.Dense(
+            units,
+            activation=variant.activation,
+            kernel_initializer=variant.initializer,
+            name=f"dense_{i}",
+        )(x)
+        if variant.hidden_bn:
+            x = layers.BatchNormalization(momentum=variant.bn_momentum, name=f"bn_{i}")(x)
+    outputs = layers.Dense(n_classes, activation="softmax", name="output")(x)
+    return keras.Model(inputs, outputs, name="bnpipe_" + variant.preprocessing)
+
+
+def optimizer(variant: Variant):
+    """The variant's optimizer, with its gradient clipping."""
+    import keras
+
+    clip = {} if variant.clipping == "none" else {variant.clipping: variant.clip_value}
+    if variant.optimizer == "adam":
+        return keras.optimizers.Adam(learning_rate=variant.learning_rate, **clip)
+    return keras.optimizers.SGD(learning_rate=variant.learning_rate, momentum=0.9, **clip)
+
+
+def compile_model(model, variant: Variant, steps_per_execution: int = 32, jit_compile: bool = True):
+    model.compile(
+        optimizer=optimizer(variant),
+        loss="sparse_categorical_crossentropy",
+        metrics=["accuracy"],
+        steps_per_execution=steps_per_execution,
+        jit_compile=jit_compile,
+    )
+    return model

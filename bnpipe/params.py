@@ -1,0 +1,190 @@
+"""Run parameters: one JSON-schema per Param, shared by the DAG's trigger form and the CLI.
+
+The DAG turns each entry into an Airflow ``Param``; ``bnpipe run`` validates its overrides
+against the same schemas, so a wrong value is refused with the same message before training.
+"""
+
+from __future__ import annotations
+
+from bnpipe import data
+from bnpipe.compare import METRICS
+from bnpipe.variants import GRIDS, Variant
+
+SPEC: dict[str, dict] = {
+    "dataset": {
+        "default": "fashion_mnist",
+        "type": "string",
+        "enum": list(data.SOURCES),
+        "title": "Dataset",
+        "description": "Data source. csv/parquet also need data_path and label; synthetic uses rows.",
+    },
+    "data_path": {
+        "default": None,
+        "type": ["null", "string"],
+        "title": "Data path or URL",
+        "description": "csv/parquet: a file path inside the allowed input directories, or an http(s) URL.",
+    },
+    "label": {
+        "default": None,
+        "type": ["null", "string"],
+        "title": "Label column",
+        "description": "csv/parquet: the name of the column that holds the class labels.",
+    },
+    "rows": {
+        "default": 2000,
+        "type": "integer",
+        "minimum": 20,
+        "maximum": 100_000_000,
+        "title": "Synthetic rows",
+        "description": "synthetic: how many rows to generate (features span scales 1e-3 to 1e4).",
+    },
+    "max_rows": {
+        "default": None,
+        "type": ["null", "integer"],
+        "minimum": 20,
+        "title": "Row limit",
+        "description": "Stratified subsample of the training pool for quicker runs; empty uses all rows.",
+    },
+    "grid": {
+        "default": "default",
+        "type": "string",
+        "enum": [*GRIDS, "custom"],
+        "title": "Variant grid",
+        "description": "smoke: 4 tiny variants; default: standardized vs. BN-first x 2 initializers x "
+        "clipping; full: every preprocessing, initializer, activation, clipping and hidden BN; "
+        "custom: the axes below.",
+    },
+    "axes": {
+        "default": {},
+        "type": "object",
+        "title": "Grid axes",
+        "description": 'Extra or custom axes, e.g. {"preprocessing": ["standard", "bn_first"], '
+        '"bn_momentum": [0.99, 0.9]}. Fields: ' + ", ".join(f for f in Variant.__dataclass_fields__),
+    },
+    "hidden": {
+        "default": None,
+        "type": ["null", "array"],
+        "items": {"type": "integer", "minimum": 1, "maximum": 4096},
+        "minItems": 1,
+        "title": "Hidden layer sizes",
+        "description": "Overrides the grid's hidden sizes, e.g. [256, 128]. Empty keeps the grid's.",
+    },
+    "learning_rate": {
+        "default": None,
+        "type": ["null", "number"],
+        "exclusiveMinimum": 0,
+        "maximum": 10,
+        "title": "Learning rate",
+        "description": "Overrides the optimizer's learning rate (SGD with momentum 0.9 by default: 0.01).",
+    },
+    "epochs": {
+        "default": 5,
+        "type": "integer",
+        "minimum": 1,
+        "maximum": 500,
+        "title": "Epochs",
+        "description": "Training epochs per variant.",
+    },
+    "batch_size": {
+        "default": 32,
+        "type": "integer",
+        "minimum": 1,
+        "maximum": 65536,
+        "title": "Batch size",
+        "description": "Mini-batch size.",
+    },
+    "seeds": {
+        "default": 1,
+        "type": "integer",
+        "minimum": 1,
+        "maximum": 20,
+        "title": "Seeds per variant",
+        "description": "Each variant is trained once per seed 0..seeds-1.",
+    },
+    "metric": {
+        "default": "val_accuracy",
+        "type": "string",
+        "enum": list(METRICS),
+        "title": "Ranking metric",
+        "description": "Variants are ranked on this; ties go to the lower val_loss.",
+    },
+    "split_seed": {
+        "default": 42,
+        "type": "integer",
+        "minimum": 0,
+        "title": "Split seed",
+        "description": "Seed of the stratified train/validation/test split.",
+    },
+    "impute": {
+        "default": False,
+        "type": "boolean",
+        "title": "Impute NaN/Inf",
+        "description": "Replace NaN/Inf feature values by the column median instead of rejecting the file.",
+    },
+    "encode_categoricals": {
+        "default": False,
+        "type": "boolean",
+        "title": "One-hot encode text columns",
+        "description": "One-hot encode non-numeric feature columns instead of rejecting the file.",
+    },
+}
+
+
+class ParamError(ValueError):
+    """A run parameter that does not fit its schema."""
+
+
+def defaults() -> dict:
+    return {k: v["default"] for k, v in SPEC.items()}
+
+
+def schema(name: str) -> dict:
+    return {k: v for k, v in SPEC[name].items() if k not in ("default",)}
+
+
+def validate(conf: dict) -> dict:
+    """Defaults overlaid with ``conf``, each value checked against its schema."""
+    import jsonschema
+
+    unknown = set(conf) - set(SPEC)
+    if unknown:
+        raise ParamError(f"unknown parameters {sorted(unknown)}; known are {sorted(SPEC)}")
+    merged = {**defaults(), **conf}
+    for name, value in merged.items():
+        try:
+            jsonschema.validate(value, schema(name))
+        except jsonschema.ValidationError as exc:
+            raise ParamError(f"parameter {name}={value!r}: {exc.message}") from None
+    if merged["grid"] == "custom" and not merged["axes"]:
+        raise ParamError('grid \'custom\' needs axes, e.g. {"preprocessing": ["standard", "bn_first"]}')
+    return merged
+
+
+def ingest_request(p: dict) -> data.IngestRequest:
+    return data.IngestRequest(
+        source=p["dataset"],
+        path=p.get("data_path"),
+        label=p.get("label"),
+        rows=p["rows"],
+        max_rows=p.get("max_rows"),
+        seed=p["split_seed"],
+        impute=p["impute"],
+        encode_categoricals=p["encode_categoricals"],
+    )
+
+
+def variant_dicts(p: dict) -> list[dict]:
+    from bnpipe import variants
+
+    base = {}
+    if p.get("hidden"):
+        base["hidden"] = tuple(p["hidden"])
+    if p.get("learning_rate"):
+        base["learning_rate"] = p["learning_rate"]
+    return [v.to_dict() for v in variants.grid(p["grid"], p["seeds"], p.get("axes") or None, base)]
+
+
+def train_config(p: dict):
+    from bnpipe.train import TrainConfig
+
+    return TrainConfig(epochs=p["epochs"], batch_size=p["batch_size"])

@@ -1,0 +1,75 @@
+"""Serving: the registered model, an MLflow pyfunc that takes raw inputs and returns class probabilities.
+
+Tabular models declare their raw feature columns by name, so MLflow checks and orders the
+columns of a scoring request; image models take a (n, 28, 28) tensor. Scaling, if any, is a
+layer inside the Keras model: no scaler is ever applied outside it.
+"""
+
+from __future__ import annotations
+
+import mlflow.pyfunc
+
+
+class KerasClassifier(mlflow.pyfunc.PythonModel):
+    """Wraps a saved ``model.keras``; ``predict`` returns per-class probabilities and the class."""
+
+    def __init__(self, classes: list[str] | None = None):
+        self.classes = list(classes or [])
+
+    def load_context(self, context):
+        import keras
+
+        self.model = keras.models.load_model(context.artifacts["keras_model"], compile=False)
+
+    def predict(self, context, model_input, params=None):
+        import numpy as np
+        import pandas as pd
+
+        values = model_input.to_numpy(dtype="float32") if isinstance(model_input, pd.DataFrame) else model_input
+        proba = np.asarray(self.model.predict(np.asarray(values, dtype="float32"), verbose=0))
+        names = self.classes or [str(i) for i in range(proba.shape[1])]
+        out = pd.DataFrame(proba, columns=[f"proba_{c}" for c in names])
+        out.insert(0, "predicted_class", [names[i] for i in proba.argmax(axis=1)])
+        return out
+
+
+def signature(snapshot: dict):
+    """Raw-input signature: named double columns for tables, a float32 tensor for images."""
+    import numpy as np
+    from mlflow.models import ModelSignature
+    from mlflow.types import ColSpec, Schema, TensorSpec
+
+    shape = snapshot["input_shape"]
+    if len(shape) == 1:
+        inputs = Schema([ColSpec("double", n) for n in snapshot["feature_names"]])
+    else:
+        inputs = Schema([TensorSpec(np.dtype("float32"), (-1, *shape))])
+    outputs = Schema(
+        [ColSpec("string", "predicted_class")] + [ColSpec("float", f"proba_{c}") for c in snapshot["classes"]]
+    )
+    return ModelSignature(inputs=inputs, outputs=outputs)
+
+
+def log_model(run_id: str, keras_path: str, snapshot: dict, tracking_uri: str) -> str:
+    """Log the pyfunc model into ``run_id``; returns its model URI."""
+    from pathlib import Path
+
+    import keras
+    import mlflow
+
+    mlflow.set_tracking_uri(tracking_uri)
+    with mlflow.start_run(run_id=run_id):
+        info = mlflow.pyfunc.log_model(
+            name="registered_model",
+            python_model=KerasClassifier(snapshot["classes"]),
+            artifacts={"keras_model": keras_path},
+            signature=signature(snapshot),
+            code_paths=[str(Path(__file__).parent)],
+            pip_requirements=[
+                f"keras=={keras.__version__}",
+                "tensorflow-cpu==2.21.0",
+                f"mlflow=={mlflow.__version__}",
+                "pandas",
+            ],
+        )
+    return info.model_uri

@@ -1,0 +1,166 @@
+"""Train: fit one variant on a stored snapshot and log it to its own nested MLflow run.
+
+``run_variant`` is what one mapped Airflow task calls. It returns a small JSON-able result;
+the model itself goes to MLflow as a compact ``model.keras`` artifact. The full MLflow model
+is logged later, for the winner only (see ``bnpipe.compare``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from bnpipe import data, settings, tracking
+from bnpipe.variants import Variant
+
+MODEL_ARTIFACT = "model/model.keras"
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: int = 5
+    batch_size: int = 32
+    steps_per_execution: int = 32
+    jit_compile: bool = True
+    threads: int | None = None  # TF intra-op threads; None: settings.tf_threads()
+
+
+def configure_threads(threads: int | None) -> int:
+    """Cap TensorFlow's thread pools. Must run before TensorFlow executes its first op."""
+    n = threads or settings.tf_threads()
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    os.environ.setdefault("OMP_NUM_THREADS", str(n))
+    import tensorflow as tf
+
+    try:
+        tf.config.threading.set_intra_op_parallelism_threads(n)
+        tf.config.threading.set_inter_op_parallelism_threads(min(2, n))
+    except RuntimeError:  # runtime already initialised in this process (dag.test runs tasks in-process)
+        pass
+    return n
+
+
+def train_key(snapshot_digest: str, variant: Variant, cfg: TrainConfig) -> str:
+    """Identifies a training result: same data, variant and schedule give the same key."""
+    blob = json.dumps(
+        {"data": snapshot_digest, "variant": variant.to_dict(), "epochs": cfg.epochs, "batch": cfg.batch_size},
+        sort_keys=True,
+    )
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def _finite(x) -> bool:
+    return x is not None and math.isfinite(x)
+
+
+def fit(variant: Variant, snapshot_path: str, cfg: TrainConfig, on_epoch=None) -> tuple:
+    """Train ``variant``; returns (model, history dict, diverged flag). No MLflow here."""
+    import keras
+    import numpy as np
+
+    from bnpipe import model as model_lib
+
+    meta = data.read_meta(snapshot_path)
+    X_tr, y_tr = data.load_split(snapshot_path, "train")
+    X_va, y_va = data.load_split(snapshot_path, "val")
+    X_tr, X_va = X_tr.astype("float32"), X_va.astype("float32")
+    keras.utils.set_random_seed(variant.seed)
+    model = model_lib.build_model(
+        variant, meta["input_shape"], meta["n_classes"], model_lib.scaler_stats(variant, X_tr)
+    )
+    steps = max(1, math.ceil(len(y_tr) / cfg.batch_size))
+    model_lib.compile_model(model, variant, min(cfg.steps_per_execution, steps), cfg.jit_compile)
+
+    class EpochLogger(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            self.t0 = time.perf_counter()
+
+        def on_epoch_end(self, epoch, logs=None):
+            seconds = time.perf_counter() - self.t0
+            row = {k: float(v) for k, v in (logs or {}).items()}
+            row["epoch_seconds"] = seconds
+            row["samples_per_second"] = len(y_tr) / seconds if seconds > 0 else 0.0
+            if not _finite(row.get("loss")):
+                self.model.stop_training = True
+            if on_epoch:
+                on_epoch(epoch + 1, row)
+
+    hist = model.fit(
+        X_tr,
+        y_tr,
+        batch_size=cfg.batch_size,
+        epochs=cfg.epochs,
+        validation_data=(X_va, y_va),
+        callbacks=[EpochLogger(), keras.callbacks.TerminateOnNaN()],
+        verbose=0,
+        shuffle=True,
+    )
+    history = {k: [float(v) for v in vs] for k, vs in hist.history.items()}
+    diverged = (
+        any(not _finite(v) for v in history.get("loss", [float("nan")]))
+        or not np.isfinite(model.get_weights()[-1]).all()
+    )
+    return model, history, diverged
+
+
+def evaluate(model, snapshot_path: str, split: str = "test", batch_size: int = 1024) -> dict:
+    """Loss and accuracy of ``model`` on one split of the snapshot."""
+    X, y = data.load_split(snapshot_path, split)
+    loss, acc = model.evaluate(X.astype("float32"), y, batch_size=batch_size, verbose=0)
+    return {f"{split}_loss": float(loss), f"{split}_accuracy": float(acc)}
+
+
+def run_variant(
+    snapshot: dict,
+    variant_dict: dict,
+    cfg: TrainConfig,
+    experiment_id: str,
+    parent_run_id: str,
+    map_index: int = -1,
+    try_number: int = 1,
+) -> dict:
+    """Train one variant in its own nested MLflow run. Returns ``{name, run_id, status, metrics}``."""
+    configure_threads(cfg.threads)
+    variant = Variant.from_dict(variant_dict)
+    client = tracking.connect()
+    key = train_key(snapshot["digest"], variant, cfg)
+    run_id = tracking.start_variant_run(
+        client,
+        experiment_id,
+        parent_run_id,
+        variant.to_dict(),
+        map_index,
+        try_number,
+        {tracking.TAG + "train_key": key, tracking.TAG + "data_digest": snapshot["digest"]},
+    )
+    try:
+        tracking.log_params(client, run_id, {f"train.{k}": v for k, v in asdict(cfg).items()})
+        tracking.log_dataset(client, run_id, snapshot)
+        t0 = time.perf_counter()
+        model, history, diverged = fit(
+            variant, snapshot["path"], cfg, on_epoch=lambda step, row: tracking.log_metrics(client, run_id, row, step)
+        )
+        train_seconds = time.perf_counter() - t0
+        final = {k: vs[-1] for k, vs in history.items() if vs}
+        metrics = {**final, "train_seconds": train_seconds, "epochs_run": len(history.get("loss", []))}
+        status = "diverged" if diverged else "ok"
+        if not diverged:
+            metrics.update(evaluate(model, snapshot["path"], "test"))
+            with tempfile.TemporaryDirectory() as tmp:
+                path = Path(tmp) / "model.keras"
+                model.save(path)
+                client.log_artifact(run_id, str(path), artifact_path=str(Path(MODEL_ARTIFACT).parent))
+        metrics = {k: v for k, v in metrics.items() if _finite(v)}
+        tracking.log_metrics(client, run_id, metrics, step=metrics.get("epochs_run", 0))
+        client.set_tag(run_id, tracking.TAG + "status", status)
+        client.set_terminated(run_id, status="FINISHED")
+    except BaseException:
+        client.set_terminated(run_id, status="FAILED")
+        raise
+    return {"name": variant.name, "run_id": run_id, "status": status, "metrics": metrics, "train_key": key}

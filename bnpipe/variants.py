@@ -1,0 +1,159 @@
+"""Variants: one frozen dataclass per model variant, and the named grids that expand into them."""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import asdict, dataclass, fields, replace
+
+PREPROCESSING = ("none", "standard", "minmax", "bn_first")
+INITIALIZERS = ("glorot_uniform", "he_normal", "lecun_normal")
+ACTIVATIONS = ("relu", "elu", "selu", "leaky_relu")
+CLIPPING = ("none", "clipnorm", "clipvalue", "global_clipnorm")
+OPTIMIZERS = ("sgd", "adam")
+
+
+class VariantError(ValueError):
+    """A variant or grid that cannot be built; the message names the field and the choices."""
+
+
+@dataclass(frozen=True)
+class Variant:
+    """Everything that distinguishes one trained model from another in a grid."""
+
+    preprocessing: str = "standard"
+    hidden_bn: bool = True
+    initializer: str = "he_normal"
+    activation: str = "elu"
+    clipping: str = "none"
+    clip_value: float = 1.0
+    bn_momentum: float = 0.99
+    seed: int = 0
+    hidden: tuple[int, ...] = (256, 128)
+    optimizer: str = "sgd"
+    learning_rate: float = 0.01
+
+    def __post_init__(self) -> None:
+        for name, choices in (
+            ("preprocessing", PREPROCESSING),
+            ("initializer", INITIALIZERS),
+            ("activation", ACTIVATIONS),
+            ("clipping", CLIPPING),
+            ("optimizer", OPTIMIZERS),
+        ):
+            if getattr(self, name) not in choices:
+                raise VariantError(f"{name}={getattr(self, name)!r} is not one of {', '.join(choices)}")
+        if not self.hidden or any(int(h) < 1 for h in self.hidden):
+            raise VariantError(f"hidden={self.hidden!r}: give one or more positive layer sizes")
+        if not 0.0 < self.bn_momentum < 1.0:
+            raise VariantError(f"bn_momentum={self.bn_momentum} must lie strictly between 0 and 1")
+        if self.clip_value <= 0 or self.learning_rate <= 0:
+            raise VariantError("clip_value and learning_rate must be positive")
+        object.__setattr__(self, "hidden", tuple(int(h) for h in self.hidden))
+
+    @property
+    def uses_bn(self) -> bool:
+        return self.preprocessing == "bn_first" or self.hidden_bn
+
+    @property
+    def name(self) -> str:
+        """A readable, unique name, e.g. ``bn_first-he_normal-elu-clipnorm1``."""
+        clip = "noclip" if self.clipping == "none" else f"{self.clipping}{self.clip_value:g}"
+        parts = [self.preprocessing, self.initializer, self.activation, clip]
+        if not self.hidden_bn:
+            parts.append("nohbn")
+        if self.uses_bn and self.bn_momentum != 0.99:
+            parts.append(f"m{self.bn_momentum:g}")
+        if self.hidden != Variant.hidden:
+            parts.append("h" + "x".join(map(str, self.hidden)))
+        if self.optimizer != Variant.optimizer or self.learning_rate != Variant.learning_rate:
+            parts.append(f"{self.optimizer}{self.learning_rate:g}")
+        if self.seed:
+            parts.append(f"s{self.seed}")
+        return "-".join(parts)
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["hidden"] = list(self.hidden)
+        d["name"] = self.name
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Variant:
+        known = {f.name for f in fields(cls)}
+        unknown = set(d) - known - {"name"}
+        if unknown:
+            raise VariantError(f"unknown variant fields {sorted(unknown)}; known are {sorted(known)}")
+        kw = {k: v for k, v in d.items() if k in known}
+        if "hidden" in kw:
+            kw["hidden"] = tuple(kw["hidden"])
+        return cls(**kw)
+
+
+# A grid is a base variant plus axes: each axis maps a field to the values it takes.
+GRIDS: dict[str, tuple[dict, dict]] = {
+    # 4 small variants, for tests: the seed question on a tiny network.
+    "smoke": (
+        {"hidden": (16,), "activation": "elu", "initializer": "he_normal"},
+        {"preprocessing": ["standard", "bn_first"], "clipping": ["none", "clipnorm"]},
+    ),
+    # The seed question on the design notes' model: standardized vs. BN-first, two
+    # initializers, with and without gradient clipping.
+    "default": (
+        {},
+        {
+            "preprocessing": ["standard", "bn_first"],
+            "initializer": ["glorot_uniform", "he_normal"],
+            "clipping": ["none", "clipnorm"],
+        },
+    ),
+    # Every remedy against every other.
+    "full": (
+        {},
+        {
+            "preprocessing": list(PREPROCESSING),
+            "hidden_bn": [True, False],
+            "initializer": list(INITIALIZERS),
+            "activation": list(ACTIVATIONS),
+            "clipping": list(CLIPPING),
+        },
+    ),
+}
+
+
+def expand(base: dict, axes: dict, seeds: int = 1) -> list[Variant]:
+    """The cartesian product of ``axes`` over ``base``, repeated for seeds 0..seeds-1."""
+    if seeds < 1:
+        raise VariantError(f"seeds={seeds}: need at least one seed")
+    axes = {k: v if isinstance(v, list | tuple) else [v] for k, v in axes.items()}
+    for k, values in axes.items():
+        if not values:
+            raise VariantError(f"axis {k!r} has no values")
+    template = Variant.from_dict(base)
+    keys = list(axes)
+    out: list[Variant] = []
+    for combo in itertools.product(*(axes[k] for k in keys)):
+        changes = dict(zip(keys, combo))
+        if "hidden" in changes:
+            changes["hidden"] = tuple(changes["hidden"])
+        try:
+            v = replace(template, **changes)
+        except TypeError as exc:
+            raise VariantError(f"bad axis in grid: {exc}") from exc
+        for s in range(seeds):
+            out.append(replace(v, seed=s))
+    names = [v.name for v in out]
+    if len(set(names)) != len(names):
+        raise VariantError("the grid produces duplicate variants; remove repeated axis values")
+    return out
+
+
+def grid(name: str, seeds: int = 1, axes: dict | None = None, base: dict | None = None) -> list[Variant]:
+    """Variants of a named grid, or of ``custom`` axes. ``base`` overrides fields of every variant."""
+    if name == "custom":
+        if not axes:
+            raise VariantError('grid \'custom\' needs axes, e.g. {"preprocessing": ["standard", "bn_first"]}')
+        return expand(dict(base or {}), axes, seeds)
+    if name not in GRIDS:
+        raise VariantError(f"unknown grid {name!r}: choose one of {', '.join([*GRIDS, 'custom'])}")
+    grid_base, grid_axes = GRIDS[name]
+    return expand({**grid_base, **(base or {})}, {**grid_axes, **(axes or {})}, seeds)

@@ -1,0 +1,121 @@
+"""
+### bnpipe experiment: does BatchNormalization-first replace standardization on *your* data?
+
+One run ingests a data set, trains a grid of model variants in parallel (standardized inputs
+vs. raw inputs with BatchNormalization as the first layer, initializers, activations, gradient
+clipping), logs every variant to MLflow as a nested run, then ranks them and registers the
+winner as `bnpipe-<dataset>`. The alias `champion` moves only when the winner beats the
+current champion on the same data.
+
+Set the trigger form's fields to choose the data set, the grid and the schedule of training.
+Results: the MLflow UI, experiment `bnpipe`, one parent run per DAG run.
+"""
+
+from __future__ import annotations
+
+import os
+from datetime import datetime, timedelta
+
+from airflow.sdk import Param, dag, get_current_context, task
+
+from bnpipe import params as spec
+from bnpipe import settings
+
+DAG_ID = "bnpipe_experiment"
+
+
+def _airflow_link() -> str:
+    ctx = get_current_context()
+    return f"{settings.airflow_base_url()}/dags/{ctx['dag'].dag_id}/runs/{ctx['run_id']}"
+
+
+@dag(
+    dag_id=DAG_ID,
+    schedule=os.environ.get("BNPIPE_SCHEDULE", "@weekly"),
+    start_date=datetime(2026, 1, 1),
+    catchup=False,
+    max_active_runs=1,
+    tags=["bnpipe", "ml", "experiment"],
+    doc_md=__doc__,
+    default_args={"retries": 2, "retry_delay": timedelta(seconds=20), "execution_timeout": timedelta(minutes=30)},
+    params={name: Param(**s) for name, s in spec.SPEC.items()},
+)
+def bnpipe_experiment():
+    @task(retries=0)
+    def validate_params() -> dict:
+        """Check every Param before any data is read; a bad value fails fast, without retries."""
+        from airflow.sdk.exceptions import AirflowFailException
+
+        try:
+            return spec.validate(dict(get_current_context()["params"]))
+        except ValueError as exc:
+            raise AirflowFailException(str(exc)) from exc
+
+    @task
+    def start_tracking(p: dict) -> dict:
+        """Create the MLflow experiment and this DAG run's parent run, once, before the fan-out."""
+        from bnpipe import tracking
+
+        ctx = get_current_context()
+        return tracking.start_dag_run(p, ctx["dag"].dag_id, ctx["run_id"], _airflow_link())
+
+    @task
+    def ingest(p: dict, run: dict) -> dict:
+        """Read, validate, split and store the data set once per content digest. XCom: paths and digest."""
+        from airflow.sdk.exceptions import AirflowFailException
+
+        from bnpipe import data, tracking
+
+        try:
+            snapshot = data.ingest(spec.ingest_request(p))
+        except data.DataError as exc:
+            tracking.fail_parent(run["parent_run_id"], f"ingest rejected the data: {exc}")
+            raise AirflowFailException(str(exc)) from exc
+        tracking.record_snapshot(run["parent_run_id"], snapshot)
+        return snapshot
+
+    @task(retries=0)
+    def plan(p: dict) -> list[dict]:
+        """Expand the chosen grid into one variant dict per mapped training task."""
+        return spec.variant_dicts(p)
+
+    @task(
+        map_index_template="{{ variant_name }}",
+        max_active_tis_per_dagrun=settings.train_concurrency(),
+        execution_timeout=timedelta(hours=2),
+    )
+    def train(variant: dict, snapshot: dict, run: dict, p: dict) -> dict:
+        """Train one variant in its own nested MLflow run (TensorFlow is imported here, not at parse time)."""
+        from bnpipe.train import run_variant
+
+        ctx = get_current_context()
+        ctx["variant_name"] = variant["name"]
+        ti = ctx["ti"]
+        return run_variant(
+            snapshot, variant, spec.train_config(p), run["experiment_id"], run["parent_run_id"],
+            ti.map_index, ti.try_number,
+        )  # fmt: skip
+
+    @task
+    def compare(results: list[dict], snapshot: dict, run: dict, p: dict) -> dict:
+        """Rank the variants, log the table, register the winner and move `champion` if it is better."""
+        from airflow.sdk.exceptions import AirflowFailException
+
+        from bnpipe import compare as cmp
+        from bnpipe.report import summary_text
+
+        try:
+            summary = cmp.conclude(list(results), snapshot, run["parent_run_id"], p["metric"], _airflow_link())
+        except cmp.NoHealthyVariant as exc:
+            raise AirflowFailException(str(exc)) from exc
+        print(summary_text(summary))
+        return summary
+
+    p = validate_params()
+    run = start_tracking(p)
+    snapshot = ingest(p, run)
+    results = train.partial(snapshot=snapshot, run=run, p=p).expand(variant=plan(p))
+    compare(results, snapshot, run, p)
+
+
+bnpipe_experiment()
