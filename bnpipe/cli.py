@@ -9,6 +9,7 @@ run side by side in separate processes.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -63,13 +64,70 @@ def _migrate() -> None:
     initdb()
 
 
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def execution_api(timeout: float = 120.0):
+    """An Airflow api-server on a free 127.0.0.1 port, for executor-run tasks; stopped on exit."""
+    import secrets
+    import subprocess
+    import time
+    import urllib.request
+
+    port = free_port()
+    os.environ.setdefault("AIRFLOW__API_AUTH__JWT_SECRET", secrets.token_hex(32))
+    os.environ["AIRFLOW__CORE__EXECUTION_API_SERVER_URL"] = f"http://127.0.0.1:{port}/execution/"
+    log_dir = Path(os.environ["AIRFLOW_HOME"]) / "logs"
+    log_dir.mkdir(parents=True, exist_ok=True)
+    with open(log_dir / "api-server.log", "ab") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "airflow", "api-server", "--host", "127.0.0.1", "--port", str(port)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/api/v2/monitor/health", timeout=2)
+                break
+            except OSError:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise SystemExit(f"Airflow api-server did not start; see {log_dir / 'api-server.log'}") from None
+                time.sleep(0.5)
+        yield port
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
 def run_dag(conf: dict, parallel: bool = False):
-    """Run the DAG once in this process with ``conf``; returns the finished DagRun."""
+    """Run the DAG once in this process with ``conf``; returns the finished DagRun.
+
+    With ``parallel``, tasks go to the LocalExecutor, which needs an api-server for the
+    Task Execution API: one is started on a free loopback port for the duration of the run.
+    """
     apply_embedded_env()
     from airflow import settings as af_settings
 
     af_settings.configure_orm()
     _migrate()
+    if parallel:
+        with execution_api():
+            return _run_dag(conf, parallel)
+    return _run_dag(conf, parallel)
+
+
+def _run_dag(conf: dict, parallel: bool):
     from airflow.dag_processing.dagbag import DagBag
 
     bag = DagBag(dag_folder=os.environ["AIRFLOW__CORE__DAGS_FOLDER"])

@@ -47,7 +47,7 @@ class IngestRequest:
     label: str | None = None  # csv/parquet: the label column
     rows: int = 2000  # synthetic: number of rows
     max_rows: int | None = None  # stratified subsample of the training pool, for quick runs
-    val_fraction: float = 0.15
+    val_fraction: float | None = None  # None: 0.15, or 5,000 of Fashion-MNIST's 60,000 training images
     test_fraction: float = 0.15
     seed: int = 42
     impute: bool = False  # replace NaN/Inf by the training-free column median instead of rejecting
@@ -61,7 +61,7 @@ class IngestRequest:
             raise DataError(f"source {self.source!r} needs a path or URL (Param data_path)")
         if self.source in FILE_SOURCES and not self.label:
             raise DataError(f"source {self.source!r} needs the label column's name (Param label)")
-        if not 0 < self.val_fraction < 0.5 or not 0 < self.test_fraction < 0.5:
+        if self.val_fraction is not None and not 0 < self.val_fraction < 0.5 or not 0 < self.test_fraction < 0.5:
             raise DataError("val_fraction and test_fraction must each lie strictly between 0 and 0.5")
 
 
@@ -404,9 +404,9 @@ def split(loaded: Loaded, req: IngestRequest) -> dict:
         if req.max_rows and req.max_rows // 6 < len(yt):
             keep = _stratified_take(yt, max(req.max_rows // 6, 2 * n_classes), req.seed)
             Xt, yt = Xt[keep], yt[keep]
-        holdout = req.val_fraction
+        holdout = req.val_fraction or 1 / 12  # the textbook's 5,000 of 60,000
     else:
-        holdout = req.val_fraction + req.test_fraction
+        holdout = (req.val_fraction or 0.15) + req.test_fraction
     min_rows = 3 * n_classes if loaded.test is None else 2 * n_classes
     if len(y) < max(min_rows, 10) or counts.min() < (3 if loaded.test is None else 2):
         raise DataError(

@@ -147,17 +147,18 @@ def run_variant(
             variant, snapshot["path"], cfg, on_epoch=lambda step, row: tracking.log_metrics(client, run_id, row, step)
         )
         train_seconds = time.perf_counter() - t0
-        final = {k: vs[-1] for k, vs in history.items() if vs}
-        metrics = {**final, "train_seconds": train_seconds, "epochs_run": len(history.get("loss", []))}
+        final = {k: vs[-1] for k, vs in history.items() if vs}  # already logged per epoch
+        summary = {"train_seconds": train_seconds, "epochs_run": len(history.get("loss", []))}
         status = "diverged" if diverged else "ok"
         if not diverged:
-            metrics.update(evaluate(model, snapshot["path"], "test"))
+            summary.update(evaluate(model, snapshot["path"], "test"))
             with tempfile.TemporaryDirectory() as tmp:
                 path = Path(tmp) / "model.keras"
                 model.save(path)
                 client.log_artifact(run_id, str(path), artifact_path=str(Path(MODEL_ARTIFACT).parent))
-        metrics = {k: v for k, v in metrics.items() if _finite(v)}
-        tracking.log_metrics(client, run_id, metrics, step=metrics.get("epochs_run", 0))
+        summary = {k: v for k, v in summary.items() if _finite(v)}
+        tracking.log_metrics(client, run_id, summary, step=summary["epochs_run"])
+        metrics = {k: v for k, v in {**final, **summary}.items() if _finite(v)}
         client.set_tag(run_id, tracking.TAG + "status", status)
         client.set_terminated(run_id, status="FINISHED")
     except BaseException:

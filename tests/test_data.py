@@ -1,0 +1,118 @@
+import json
+
+import numpy as np
+import pytest
+
+from bnpipe import data
+from bnpipe.data import DataError, IngestRequest
+
+
+def test_breast_cancer_split_is_stratified_deterministic_and_raw(home):
+    meta = data.ingest(IngestRequest(source="breast_cancer"))
+    assert (meta["n_train"], meta["n_val"], meta["n_test"]) == (398, 85, 86)
+    X_tr, y_tr = data.load_split(meta["path"], "train")
+    X_te, y_te = data.load_split(meta["path"], "test")
+    # raw features: scales still differ by orders of magnitude
+    assert X_tr.max() > 1000 and X_tr[X_tr > 0].min() < 0.01
+    # stratified: class ratios within 2 points of each other
+    assert abs(y_tr.mean() - y_te.mean()) < 0.02
+    again = data.ingest(IngestRequest(source="breast_cancer"))
+    assert again["digest"] == meta["digest"] and again["reused"] and not meta["reused"]
+    np.testing.assert_array_equal(data.load_split(again["path"], "train")[0], X_tr)
+
+
+def test_split_seed_changes_the_digest(home):
+    a = data.ingest(IngestRequest(source="wine", seed=1))
+    b = data.ingest(IngestRequest(source="wine", seed=2))
+    assert a["digest"] != b["digest"]
+
+
+def test_fashion_mnist_from_debian_package(home):
+    meta = data.ingest(IngestRequest(source="fashion_mnist", max_rows=1200))
+    assert meta["input_shape"] == [28, 28] and meta["n_classes"] == 10
+    X, y = data.load_split(meta["path"], "train")
+    assert X.dtype == np.uint8 and X.max() == 255
+    assert set(np.unique(y)) == set(range(10))
+    assert meta["source_uri"].startswith("file:///usr/share/datasets/fashion-mnist")
+
+
+def test_synthetic_scales_span_orders_of_magnitude(home):
+    meta = data.ingest(IngestRequest(source="synthetic", rows=1000))
+    X, _ = data.load_split(meta["path"], "train")
+    spread = X.std(axis=0)
+    assert spread.max() / spread.min() > 1e6
+    assert meta["n_train"] + meta["n_val"] + meta["n_test"] == 1000
+
+
+def _csv(tmp_path, text, name="t.csv", mode="w"):
+    p = tmp_path / name
+    if mode == "wb":
+        p.write_bytes(text)
+    else:
+        p.write_text(text)
+    return str(p)
+
+
+def _good_rows(n=40):
+    rng = np.random.default_rng(0)
+    return "a,b,label\n" + "\n".join(f"{rng.normal():.3f},{rng.normal() * 1000:.1f},{i % 2}" for i in range(n))
+
+
+def test_csv_round_trip_and_constant_column_dropped(home, tmp_path):
+    text = "a,b,c,label\n" + "\n".join(f"{i},{i * 100},7,{'x' if i % 2 else 'y'}" for i in range(40))
+    meta = data.ingest(IngestRequest(source="csv", path=_csv(tmp_path, text), label="label"))
+    assert meta["feature_names"] == ["a", "b"] and meta["classes"] == ["x", "y"]
+    assert any("constant" in n and "'c'" in n for n in meta["notes"])
+    assert meta["dataset"] == "t"
+
+
+@pytest.mark.parametrize(
+    "text, needle",
+    [
+        ("", "empty"),
+        ("a,b,label\n", "header but no rows"),
+        ("a,b,cls\n1,2,0\n", "label column 'label' not found"),
+        ("a,a,label\n1,2,0\n", "duplicate column names"),
+        ("a,b,label\n" + "\n".join(f"{i},x{i},{i % 2}" for i in range(20)), "non-numeric feature columns \\['b'\\]"),
+        ("a,b,label\n" + "\n".join(f"{i},{'nan' if i < 3 else i},{i % 2}" for i in range(20)), "3 NaN/Inf"),
+        ("a,b,label\n" + "\n".join(f"{i},{i},1" for i in range(20)), "single class"),
+        ("a,b,label\n1,2,0\n3,4,1\n5,6,0\n", "too few"),
+    ],
+)
+def test_bad_csv_is_rejected_with_a_clear_message(home, tmp_path, text, needle):
+    with pytest.raises(DataError, match=needle):
+        data.ingest(IngestRequest(source="csv", path=_csv(tmp_path, text), label="label"))
+    snapshots = home / "snapshots"
+    assert not snapshots.exists() or not any(snapshots.iterdir()), "a rejected file must leave no snapshot"
+
+
+def test_non_utf8_and_missing_and_oversized_files(home, tmp_path):
+    latin = _csv(tmp_path, "a,b,label\n1,2,caf\xe9\n".encode("latin-1"), name="l.csv", mode="wb")
+    with pytest.raises(DataError, match="not UTF-8"):
+        data.ingest(IngestRequest(source="csv", path=latin, label="label"))
+    with pytest.raises(DataError, match="no such file"):
+        data.ingest(IngestRequest(source="csv", path=str(tmp_path / "nope.csv"), label="label"))
+    big = _csv(tmp_path, _good_rows(), name="big.csv")
+    with pytest.raises(DataError, match="size cap"):
+        data.ingest(IngestRequest(source="csv", path=big, label="label", max_bytes=100))
+
+
+def test_paths_outside_allowed_dirs_and_bad_schemes(home, tmp_path, monkeypatch):
+    monkeypatch.setenv("BNPIPE_INPUT_DIRS", str(tmp_path / "inbox"))
+    outside = _csv(tmp_path, _good_rows())
+    with pytest.raises(DataError, match="outside the allowed input directories"):
+        data.ingest(IngestRequest(source="csv", path=outside, label="label"))
+    with pytest.raises(DataError, match="scheme 'ftp' is not allowed"):
+        data.ingest(IngestRequest(source="csv", path="ftp://127.0.0.1/x.csv", label="label"))
+
+
+def test_impute_and_encode_options_are_recorded(home, tmp_path):
+    text = "a,b,color,label\n" + "\n".join(
+        f"{'nan' if i == 0 else i},{i * 3},{'red' if i % 3 else 'blue'},{i % 2}" for i in range(30)
+    )
+    path = _csv(tmp_path, text)
+    meta = data.ingest(IngestRequest(source="csv", path=path, label="label", impute=True, encode_categoricals=True))
+    notes = json.dumps(meta["notes"])
+    assert "imputed" in notes and "one-hot" in notes
+    X, _ = data.load_split(meta["path"], "train")
+    assert np.isfinite(X).all()

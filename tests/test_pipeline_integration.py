@@ -1,0 +1,127 @@
+"""The whole DAG, run through Airflow with its LocalExecutor, against a real MLflow store in a temp dir."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+
+import numpy as np
+import pytest
+from conftest import run_cli
+
+pytestmark = pytest.mark.integration
+
+ARGS = ["run", "--dataset", "breast_cancer", "--grid", "smoke", "--epochs", "3", "--batch-size", "16"]
+
+
+@pytest.fixture(scope="module")
+def first_run(tmp_path_factory):
+    home = tmp_path_factory.mktemp("pipeline") / "home"
+    home.mkdir()
+    summary_path = home.parent / "summary.json"
+    proc = run_cli([*ARGS, "--parallel", "--summary-json", str(summary_path)], home)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    return home, json.loads(summary_path.read_text()), proc.stdout
+
+
+def _client(home):
+    from mlflow.tracking import MlflowClient
+
+    uri = f"sqlite:///{home / 'mlflow.db'}"
+    return MlflowClient(tracking_uri=uri, registry_uri=uri)
+
+
+def test_prints_table_and_champion(first_run):
+    _, summary, stdout = first_run
+    assert "| rank | variant |" in stdout
+    assert f"version {summary['champion']['version']} now holds 'champion'" in stdout
+
+
+def test_parent_and_nested_variant_runs(first_run):
+    home, summary, _ = first_run
+    c = _client(home)
+    parent = c.get_run(summary["parent_run_id"])
+    assert parent.info.status == "FINISHED"
+    tags = parent.data.tags
+    assert tags["bnpipe.dag_id"] == "bnpipe_experiment" and tags["bnpipe.dag_run_id"].startswith("manual__")
+    assert tags["bnpipe.airflow_link"].endswith(tags["bnpipe.dag_run_id"])
+    children = c.search_runs([summary["experiment_id"]], f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")
+    names = sorted(r.info.run_name for r in children)
+    assert names == sorted(v["name"] for v in summary["variants"]) and len(names) == 4
+    for r in children:
+        assert r.info.status == "FINISHED"
+        assert r.data.params["preprocessing"] in ("standard", "bn_first")
+        assert r.data.tags["bnpipe.variant"] == r.info.run_name and "bnpipe.map_index" in r.data.tags
+        assert r.data.tags["bnpipe.try_number"] == "1"
+        for key in ("loss", "accuracy", "val_loss", "val_accuracy", "epoch_seconds"):
+            history = c.get_metric_history(r.info.run_id, key)
+            assert [m.step for m in history] == [1, 2, 3], key
+        assert 0.0 <= r.data.metrics["test_accuracy"] <= 1.0
+        assert [a.path for a in c.list_artifacts(r.info.run_id, "model")] == ["model/model.keras"]
+        inputs = r.inputs.dataset_inputs
+        assert inputs and inputs[0].dataset.digest == tags["bnpipe.data_digest"]
+
+
+def test_mapped_training_tasks_overlapped(first_run):
+    home, summary, _ = first_run
+    c = _client(home)
+    runs = [c.get_run(v["run_id"]).info for v in summary["variants"]]
+    spans = sorted((r.start_time, r.end_time) for r in runs)
+    assert any(b_start < a_end for (_, a_end), (b_start, _) in zip(spans, spans[1:])), spans
+
+
+def test_comparison_artifacts_on_parent(first_run):
+    home, summary, _ = first_run
+    c = _client(home)
+    files = {a.path for a in c.list_artifacts(summary["parent_run_id"], "comparison")}
+    assert files == {"comparison/comparison.csv", "comparison/comparison.md"}
+    local = c.download_artifacts(summary["parent_run_id"], "comparison/comparison.csv", str(home.parent))
+    import pandas as pd
+
+    table = pd.read_csv(local)
+    assert list(table["variant"])[0] == summary["champion"]["variant"]
+    assert table["val_accuracy"].is_monotonic_decreasing
+
+
+def test_registered_champion_takes_raw_inputs(first_run):
+    home, summary, _ = first_run
+    import mlflow
+    import pandas as pd
+
+    from bnpipe import data
+
+    c = _client(home)
+    champ = summary["champion"]
+    assert champ["model_name"] == "bnpipe-breast_cancer" and champ["alias_moved"] is True
+    mv = c.get_model_version_by_alias("bnpipe-breast_cancer", "champion")
+    assert int(mv.version) == champ["version"] and mv.run_id == champ["run_id"]
+    assert "breast_cancer" in mv.description and champ["variant"] in mv.description
+    mlflow.set_tracking_uri(f"sqlite:///{home / 'mlflow.db'}")
+    model = mlflow.pyfunc.load_model("models:/bnpipe-breast_cancer@champion")
+    snap = next((home / "snapshots").iterdir())
+    meta = data.read_meta(snap)
+    X, y = data.load_split(snap, "test")
+    frame = pd.DataFrame(X.astype("float64"), columns=meta["feature_names"])  # raw, unscaled values
+    pred = model.predict(frame)
+    acc = float((pred["predicted_class"].to_numpy() == np.array(meta["classes"])[y]).mean())
+    winner = next(v for v in summary["variants"] if v["run_id"] == champ["run_id"])
+    assert acc == pytest.approx(winner["metrics"]["test_accuracy"], abs=1e-6)
+    assert acc > 0.85
+
+
+def test_second_run_adds_no_duplicate_version(first_run):
+    home, summary, _ = first_run
+    before = datetime.now().timestamp() * 1000
+    proc = run_cli([*ARGS, "--summary-json", str(home.parent / "second.json")], home)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    second = json.loads((home.parent / "second.json").read_text())
+    c = _client(home)
+    versions = c.search_model_versions("name='bnpipe-breast_cancer'")
+    assert len(versions) == 1
+    assert second["champion"]["version"] == summary["champion"]["version"]
+    assert second["champion"]["alias_moved"] is False
+    assert second["parent_run_id"] != summary["parent_run_id"]
+    assert c.get_run(second["parent_run_id"]).info.start_time >= before - 1000
+    assert (
+        int(c.get_model_version_by_alias("bnpipe-breast_cancer", "champion").version) == summary["champion"]["version"]
+    )
