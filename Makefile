@@ -6,7 +6,7 @@ STAMP := $(VENV)/.pins-$(shell sha256sum pyproject.toml | cut -c1-16)
 BIN := $(VENV)/bin
 export BNPIPE_HOME ?= $(CURDIR)/.bnpipe
 
-.PHONY: demo test setup system venv lint clean-state
+.PHONY: demo test setup system venv lint clean-state serve up down status
 
 demo: setup
 	$(BIN)/bnpipe run --parallel
@@ -28,6 +28,23 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -e '.[dev]'
 	touch $@
+
+# Serve the champion of DATASET over HTTP on 127.0.0.1:PORT with MLflow's model server (Ctrl-C stops it).
+DATASET ?= fashion_mnist
+PORT ?= 5001
+serve: venv
+	$(BIN)/bnpipe serve --dataset $(DATASET) --port $(PORT)
+
+# The real stack on 127.0.0.1: Airflow api-server, scheduler, dag-processor, triggerer and an MLflow
+# server, under $(BNPIPE_HOME)/stack (logs in its logs/). `make down` stops exactly those processes.
+up: setup
+	$(BIN)/python -m bnpipe.stack up $(if $(AIRFLOW_PORT),--airflow-port $(AIRFLOW_PORT)) $(if $(MLFLOW_PORT),--mlflow-port $(MLFLOW_PORT))
+
+down:
+	$(BIN)/python -m bnpipe.stack down
+
+status:
+	$(BIN)/python -m bnpipe.stack status
 
 lint: venv
 	$(BIN)/ruff check bnpipe dags plugins tests

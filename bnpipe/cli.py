@@ -110,7 +110,7 @@ def execution_api(timeout: float = 120.0):
             proc.kill()
 
 
-def run_dag(conf: dict, parallel: bool = False):
+def run_dag(conf: dict, parallel: bool = False, dag_id: str = DAG_ID):
     """Run the DAG once in this process with ``conf``; returns the finished DagRun.
 
     With ``parallel``, tasks go to the LocalExecutor, which needs an api-server for the
@@ -123,17 +123,17 @@ def run_dag(conf: dict, parallel: bool = False):
     _migrate()
     if parallel:
         with execution_api():
-            return _run_dag(conf, parallel)
-    return _run_dag(conf, parallel)
+            return _run_dag(conf, parallel, dag_id)
+    return _run_dag(conf, parallel, dag_id)
 
 
-def _run_dag(conf: dict, parallel: bool):
+def _run_dag(conf: dict, parallel: bool, dag_id: str = DAG_ID):
     from airflow.dag_processing.dagbag import DagBag
 
     bag = DagBag(dag_folder=os.environ["AIRFLOW__CORE__DAGS_FOLDER"])
     if bag.import_errors:
         raise SystemExit(f"DAG import errors: {bag.import_errors}")
-    dag = bag.get_dag(DAG_ID)
+    dag = bag.get_dag(dag_id)
     return dag.test(run_conf=conf, use_executor=parallel)
 
 
@@ -150,8 +150,14 @@ def cmd_run(args) -> int:
     except (spec.ParamError, json.JSONDecodeError) as exc:
         print(f"bnpipe run: {exc}", file=sys.stderr)
         return 2
+    from bnpipe.tracking import TrackingError
+
     dr = run_dag(conf, parallel=args.parallel)
-    summary = summary_for(dr.run_id)
+    try:
+        summary = summary_for(dr.run_id)
+    except TrackingError as exc:
+        print(f"bnpipe run: DAG run {dr.run_id} ended {dr.state}; {exc}", file=sys.stderr)
+        return 1
     from bnpipe.report import summary_text
 
     state = str(getattr(dr.state, "value", dr.state))
@@ -164,6 +170,58 @@ def cmd_run(args) -> int:
         print(f"bnpipe run: DAG run {dr.run_id} ended {state}: {reason}", file=sys.stderr)
         return 1
     return 0
+
+
+def cmd_score(args) -> int:
+    """Score a file once with the champion: the same code as the scoring DAG's task."""
+    apply_embedded_env()
+    from bnpipe import score
+    from bnpipe.data import DataError
+
+    try:
+        result = score.score_file(args.dataset, args.input, args.id_column)
+    except (score.ScoringError, DataError) as exc:
+        print(f"bnpipe score: {exc}", file=sys.stderr)
+        return 1
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+def cmd_report(args) -> int:
+    """Rebuild the claims report of a past run from MLflow alone."""
+    apply_embedded_env()
+    from bnpipe import report
+    from bnpipe.tracking import TrackingError
+
+    out = Path(args.out or f"bnpipe-report-{args.run_id.replace(':', '_').replace('+', '_')}")
+    try:
+        built = report.build_claims_report(args.run_id, out, log_to_mlflow=args.log)
+    except (LookupError, TrackingError) as exc:
+        print(f"bnpipe report: {exc}", file=sys.stderr)
+        return 1
+    print(report.verdict_text(built["verdicts"]))
+    print(f"report: {built['files']['html']} and {built['files']['markdown']}")
+    return 0
+
+
+def cmd_serve(args) -> int:
+    """Serve the champion with MLflow's model server on 127.0.0.1 (this process becomes the server)."""
+    apply_embedded_env()
+    from bnpipe import score
+
+    try:
+        champ = score.champion(args.dataset)
+    except score.NoChampion as exc:
+        print(f"bnpipe serve: {exc}", file=sys.stderr)
+        return 1
+    uri = f"models:/{champ['model_name']}@champion"
+    cmd = [sys.executable, "-m", "mlflow", "models", "serve", "-m", uri, "--env-manager", "local"]
+    cmd += ["--host", "127.0.0.1", "--port", str(args.port)]
+    env = dict(os.environ)  # the server runs `uvicorn` from this venv's bin/
+    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
+    print(f"serving {uri} (version {champ['version']}) at http://127.0.0.1:{args.port}/invocations", flush=True)
+    os.execve(sys.executable, cmd, env)
+    return 0  # not reached
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -185,6 +243,22 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--summary-json", metavar="PATH", help="write the run summary as JSON to PATH")
     run.add_argument("--parallel", action="store_true", help="run mapped tasks in parallel with LocalExecutor")
     run.set_defaults(func=cmd_run)
+    from bnpipe.score import PARAMS
+
+    sc = sub.add_parser("score", help="score a csv/parquet file with the champion; writes <stem>.predictions.*")
+    sc.add_argument("--dataset", required=True, help=PARAMS["dataset"]["description"])
+    sc.add_argument("--input", required=True, metavar="PATH_OR_URL", help=PARAMS["input_path"]["description"])
+    sc.add_argument("--id-column", help=PARAMS["id_column"]["description"])
+    sc.set_defaults(func=cmd_score)
+    serve = sub.add_parser("serve", help="serve the champion over HTTP on 127.0.0.1 with MLflow's model server")
+    serve.add_argument("--dataset", required=True, help=PARAMS["dataset"]["description"])
+    serve.add_argument("--port", type=int, default=5001, help="port on 127.0.0.1 (default: 5001)")
+    serve.set_defaults(func=cmd_serve)
+    rep = sub.add_parser("report", help="rebuild the claims report (HTML + Markdown + plots) of a past run from MLflow")
+    rep.add_argument("run_id", help="the Airflow DAG run id or the MLflow parent run id")
+    rep.add_argument("--out", metavar="DIR", help="output directory (default: ./bnpipe-report-<run id>)")
+    rep.add_argument("--log", action="store_true", help="also log the report to the parent run's report/ artifacts")
+    rep.set_defaults(func=cmd_report)
     args = parser.parse_args(argv)
     return args.func(args)
 

@@ -24,17 +24,28 @@ class NoHealthyVariant(RuntimeError):
 
 
 def rank(results: list[dict], metric: str = "val_accuracy") -> list[dict]:
-    """Healthy results best first; ties go to the lower val_loss. Diverged ones are left out."""
+    """Healthy results best first; ties go to the lower val_loss. Diverged ones are left out.
+
+    With several seeds per configuration, configurations are ordered by their *mean* over
+    seeds first (so one lucky seed cannot win), then the runs within a configuration.
+    """
+    from bnpipe.variants import config_name
+
     if metric not in METRICS:
         raise ValueError(f"metric {metric!r} is not one of {', '.join(METRICS)}")
     higher = METRICS[metric]
+    healthy = [r for r in results if r.get("status") == "ok" and metric in r.get("metrics", {})]
+    by_config: dict[str, list[float]] = {}
+    for r in healthy:
+        by_config.setdefault(config_name(r["name"]), []).append(r["metrics"][metric])
+    mean = {c: sum(vs) / len(vs) for c, vs in by_config.items()}
 
     def key(r):
         m = r["metrics"]
         v = m.get(metric, -math.inf if higher else math.inf)
-        return (-v if higher else v, m.get("val_loss", math.inf), r["name"])
+        c = mean[config_name(r["name"])]
+        return (-c if higher else c, -v if higher else v, m.get("val_loss", math.inf), r["name"])
 
-    healthy = [r for r in results if r.get("status") == "ok" and metric in r.get("metrics", {})]
     ranked = sorted(healthy, key=key)
     for i, r in enumerate(ranked, 1):
         r["rank"] = i
@@ -65,6 +76,19 @@ def _versions_by_tag(client, name: str, key: str, value: str) -> list:
     except Exception:  # noqa: BLE001 - no such model yet
         return []
     return [v for v in versions if v.tags.get(key) == value]
+
+
+def _wait_ready(client, version, timeout: float = 120.0):
+    """The version once the registry reports it READY; the alias never points at a half-registered one."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while version.status != "READY":
+        if version.status == "FAILED_REGISTRATION" or time.monotonic() > deadline:
+            raise RuntimeError(f"model version {version.name} v{version.version} is {version.status}, not READY")
+        time.sleep(0.5)
+        version = client.get_model_version(version.name, version.version)
+    return version
 
 
 def _champion(client, name: str):
@@ -101,19 +125,41 @@ def _score_version(client, name: str, version, snapshot: dict, metric: str) -> f
     return scored.get(metric)
 
 
+def _interval(result: dict, key: str) -> tuple[float, float] | None:
+    """The (low, high) interval of ``key`` when seeds > 1: ``result["interval"][key]`` or ``<key>_ci_low/high``."""
+    iv = (result.get("interval") or {}).get(key)
+    if iv is None:
+        m = result.get("metrics", {})
+        lo, hi = m.get(f"{key}_ci_low"), m.get(f"{key}_ci_high")
+        iv = (lo, hi) if lo is not None and hi is not None else None
+    return (float(iv[0]), float(iv[1])) if iv is not None else None
+
+
+def _metric_text(result: dict, key: str) -> str:
+    value = result.get("metrics", {}).get(key)
+    text = f"{key} {value:.4f}" if value is not None else f"{key} n/a"
+    iv = _interval(result, key)
+    if iv:
+        seeds = result.get("n_seeds") or result.get("seeds")
+        text += f" (95% interval {iv[0]:.4f}..{iv[1]:.4f}" + (f" over {seeds} seeds)" if seeds else ")")
+    return text
+
+
 def model_card(snapshot: dict, winner: dict, runner_up: dict | None, metric: str, reason: str, link: str) -> str:
-    m = winner["metrics"]
+    """The model version's description: data, winner, runner-up, why the alias moved or not, the DAG run."""
+    keys = [metric] + [k for k in ("val_loss", "test_accuracy") if k != metric]
     lines = [
         f"**Dataset** `{snapshot['dataset']}`, snapshot digest `{snapshot['digest']}` "
         f"({snapshot['n_train']} train / {snapshot['n_val']} val / {snapshot['n_test']} test rows).",
-        f"**Winner** `{winner['name']}`: {metric} {m.get(metric, float('nan')):.4f}, "
-        f"val_loss {m.get('val_loss', float('nan')):.4f}, test_accuracy {m.get('test_accuracy', float('nan')):.4f}.",
+        f"**Winner** `{winner['name']}`: " + ", ".join(_metric_text(winner, k) for k in keys) + ".",
+        f"**Runner-up** `{runner_up['name']}`: " + ", ".join(_metric_text(runner_up, k) for k in keys) + "."
+        if runner_up
+        else "**Runner-up**: none (a single healthy variant).",
+        f"**Alias `{ALIAS}`**: {reason}",
+        f"**Airflow DAG run**: {link or 'n/a (not run by Airflow)'}",
+        "Takes raw inputs: scaling is inside the model. Use it with `bnpipe score` or the `bnpipe_score` DAG, "
+        "or serve it with `bnpipe serve`.",
     ]
-    if runner_up:
-        lines.append(
-            f"**Runner-up** `{runner_up['name']}`: {metric} {runner_up['metrics'].get(metric, float('nan')):.4f}."
-        )
-    lines += [f"**Alias**: {reason}", f"**Airflow DAG run**: {link}", "Takes raw inputs: scaling is inside the model."]
     return "\n\n".join(lines)
 
 
@@ -141,7 +187,10 @@ def register(client, ranked: list[dict], snapshot: dict, metric: str, link: str 
             T + "metric": metric,
             T + "metric_value": repr(value),
         }
-        version = client.create_model_version(name, uri, run_id=winner["run_id"], tags=tags)
+        # A tracking server accepts a "models:/m-..." source only together with the logged model's id.
+        model_id = uri.removeprefix("models:/") if uri.startswith("models:/m-") else None
+        version = client.create_model_version(name, uri, run_id=winner["run_id"], tags=tags, model_id=model_id)
+        version = _wait_ready(client, version)
     current = _champion(client, name)
     if current is None:
         moved, reason = True, f"no champion yet; version {version.version} becomes {ALIAS}"

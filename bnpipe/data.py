@@ -215,9 +215,11 @@ def _load_synthetic(rows: int, seed: int) -> Loaded:
     return Loaded(X, y, ["0", "1"], names, f"synthetic://rows={rows}&seed={seed}")
 
 
-def _resolve_location(req: IngestRequest) -> str:
-    """The path or URL of a csv/parquet source, checked against the configured allow-lists."""
-    loc = req.path
+def resolve_location(loc: str, max_bytes: int = DEFAULT_MAX_BYTES, param: str = "data_path") -> str:
+    """The path or URL of a csv/parquet file, checked against the configured allow-lists.
+
+    Shared by ingest and batch scoring; ``param`` names the Param the location came from.
+    """
     scheme = urllib.parse.urlparse(loc).scheme
     if scheme and len(scheme) > 1:  # not a Windows drive letter
         if scheme not in settings.allowed_url_schemes():
@@ -235,21 +237,22 @@ def _resolve_location(req: IngestRequest) -> str:
                 "move the file there, or set BNPIPE_INPUT_DIRS or BNPIPE_ALLOW_ANY_PATH=1"
             )
     if not p.exists():
-        raise DataError(f"{p}: no such file; check the Param data_path")
-    if p.stat().st_size > req.max_bytes:
-        raise DataError(f"{p}: {p.stat().st_size} bytes is over the size cap of {req.max_bytes} bytes")
+        raise DataError(f"{p}: no such file; check the Param {param}")
+    if p.stat().st_size > max_bytes:
+        raise DataError(f"{p}: {p.stat().st_size} bytes is over the size cap of {max_bytes} bytes")
     if p.stat().st_size == 0:
         raise DataError(f"{p}: the file is empty")
     return str(p)
 
 
-def _read_frame(req: IngestRequest, loc: str):
+def read_table(loc: str, fmt: str, max_bytes: int = DEFAULT_MAX_BYTES):
+    """A checked location (see ``resolve_location``) read as a DataFrame; ``fmt`` is csv or parquet."""
     import pandas as pd
 
     try:
-        if req.source == "parquet":
+        if fmt == "parquet":
             return pd.read_parquet(loc)
-        return _read_csv(loc, req)
+        return _read_csv(loc, max_bytes)
     except DataError:
         raise
     except UnicodeDecodeError as exc:
@@ -262,7 +265,7 @@ def _read_frame(req: IngestRequest, loc: str):
         raise DataError(f"{loc}: could not be read ({exc})") from exc
 
 
-def _read_csv(loc: str, req: IngestRequest):
+def _read_csv(loc: str, max_bytes: int):
     import csv
     import io
     import urllib.request
@@ -271,9 +274,9 @@ def _read_csv(loc: str, req: IngestRequest):
 
     if "://" in loc:
         with urllib.request.urlopen(loc, timeout=30) as resp:  # noqa: S310 - scheme checked above
-            raw = resp.read(req.max_bytes + 1)
-        if len(raw) > req.max_bytes:
-            raise DataError(f"{loc}: more than the size cap of {req.max_bytes} bytes")
+            raw = resp.read(max_bytes + 1)
+        if len(raw) > max_bytes:
+            raise DataError(f"{loc}: more than the size cap of {max_bytes} bytes")
     else:
         raw = Path(loc).read_bytes()
     text = raw.decode("utf-8")
@@ -287,8 +290,8 @@ def _read_csv(loc: str, req: IngestRequest):
 
 
 def _load_file(req: IngestRequest) -> Loaded:
-    loc = _resolve_location(req)
-    df = _read_frame(req, loc)
+    loc = resolve_location(req.path, req.max_bytes)
+    df = read_table(loc, req.source, req.max_bytes)
     return frame_to_loaded(df, req, loc)
 
 

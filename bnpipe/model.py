@@ -5,6 +5,7 @@ Preprocessing is part of the model, so the model always takes raw inputs:
   fitted on the training split only;
 - ``minmax``: the same layer with MinMaxScaler's min and range;
 - ``bn_first``: a ``BatchNormalization`` layer right after the input (the claim under test);
+- ``rescale``: a fixed 1/255 ``Rescaling`` layer (pixels); ``rescale_bn_first``: that, then BN;
 - ``none``: nothing.
 """
 
@@ -42,7 +43,9 @@ def build_model(variant: Variant, input_shape, n_classes: int, stats=None):
     if variant.preprocessing in ("standard", "minmax"):
         mean, var = stats
         x = layers.Normalization(mean=mean, variance=var, name=f"{variant.preprocessing}_scaler")(x)
-    elif variant.preprocessing == "bn_first":
+    elif variant.preprocessing in ("rescale", "rescale_bn_first"):
+        x = layers.Rescaling(1.0 / 255.0, name="rescale")(x)
+    if variant.bn_first:
         x = layers.BatchNormalization(momentum=variant.bn_momentum, name="bn_input")(x)
     for i, units in enumerate(variant.hidden):
         x = layers.Dense(
@@ -64,7 +67,8 @@ def optimizer(variant: Variant):
     clip = {} if variant.clipping == "none" else {variant.clipping: variant.clip_value}
     if variant.optimizer == "adam":
         return keras.optimizers.Adam(learning_rate=variant.learning_rate, **clip)
-    return keras.optimizers.SGD(learning_rate=variant.learning_rate, momentum=0.9, **clip)
+    momentum = 0.0 if variant.optimizer == "sgd_plain" else 0.9
+    return keras.optimizers.SGD(learning_rate=variant.learning_rate, momentum=momentum, **clip)
 
 
 def compile_model(model, variant: Variant, steps_per_execution: int = 32, jit_compile: bool = True):

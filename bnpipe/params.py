@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from bnpipe import data
 from bnpipe.compare import METRICS
-from bnpipe.variants import GRIDS, Variant
+from bnpipe.variants import GRID_SETTINGS, GRIDS, Variant
 
 SPEC: dict[str, dict] = {
     "dataset": {
@@ -52,7 +52,8 @@ SPEC: dict[str, dict] = {
         "title": "Variant grid",
         "description": "smoke: 4 tiny variants; default: standardized vs. BN-first x 2 initializers x "
         "clipping; full: every preprocessing, initializer, activation, clipping and hidden BN; "
-        "custom: the axes below.",
+        "textbook, tabular-scales, deep-sigmoid: the claims report's experiments (from the CLI they "
+        "bring their own dataset, epochs, batch size and seeds unless given); custom: the axes below.",
     },
     "axes": {
         "default": {},
@@ -108,6 +109,23 @@ SPEC: dict[str, dict] = {
         "title": "Ranking metric",
         "description": "Variants are ranked on this; ties go to the lower val_loss.",
     },
+    "target_val_accuracy": {
+        "default": None,
+        "type": ["null", "number"],
+        "exclusiveMinimum": 0,
+        "maximum": 1,
+        "title": "Learning-speed target",
+        "description": "Validation accuracy whose first crossing measures learning speed (epochs and steps). "
+        "Empty: 0.95 x the best variant's best validation accuracy.",
+    },
+    "grad_every_steps": {
+        "default": 0,
+        "type": "integer",
+        "minimum": 0,
+        "title": "Gradient-norm sampling",
+        "description": "Also sample per-layer gradient norms every N training steps (rounded up to whole "
+        "executions of 32 steps); 0: once per epoch only.",
+    },
     "split_seed": {
         "default": 42,
         "type": "integer",
@@ -143,13 +161,18 @@ def schema(name: str) -> dict:
 
 
 def validate(conf: dict) -> dict:
-    """Defaults overlaid with ``conf``, each value checked against its schema."""
+    """Defaults, then the grid's recommended settings, overlaid with ``conf``; each value checked.
+
+    A named grid's settings (``variants.GRID_SETTINGS``) fill only the Params ``conf`` leaves out,
+    so ``bnpipe run --grid textbook --epochs 2`` keeps textbook's data set but trains 2 epochs.
+    """
     import jsonschema
 
     unknown = set(conf) - set(SPEC)
     if unknown:
         raise ParamError(f"unknown parameters {sorted(unknown)}; known are {sorted(SPEC)}")
-    merged = {**defaults(), **conf}
+    recommended = GRID_SETTINGS.get(conf.get("grid", SPEC["grid"]["default"]), {})
+    merged = {**defaults(), **recommended, **conf}
     for name, value in merged.items():
         try:
             jsonschema.validate(value, schema(name))
@@ -187,4 +210,4 @@ def variant_dicts(p: dict) -> list[dict]:
 def train_config(p: dict):
     from bnpipe.train import TrainConfig
 
-    return TrainConfig(epochs=p["epochs"], batch_size=p["batch_size"])
+    return TrainConfig(epochs=p["epochs"], batch_size=p["batch_size"], grad_every_steps=p.get("grad_every_steps") or 0)

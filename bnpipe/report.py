@@ -1,4 +1,4 @@
-"""Report: render comparison tables and run summaries as text."""
+"""Report: render comparison tables and run summaries as text, and the claims report (Markdown + HTML)."""
 
 from __future__ import annotations
 
@@ -103,3 +103,261 @@ def load_summary(
             "champion_version": holder,
         }
     return summary
+
+
+# --- The claims report: evidence per claim, rebuilt from MLflow alone -------------------------------
+
+REPORT_DIR = "report"
+HISTORY_KEYS = ("val_accuracy", "accuracy", "loss", "val_loss")
+HISTORY_PREFIXES = ("grad_norm/", "bn_first/moving_", "bn_first/true_")
+CONFIG_METRICS = [
+    "val_accuracy_epoch1", "val_accuracy", "test_accuracy", "gen_gap_accuracy", "gen_gap_loss",
+    "grad_log10_ratio_mean", "dead_fraction", "mode_gap_accuracy", "bn_first/mean_err_std",
+    "epochs_to_target", "steps_to_target", "epoch_seconds", "samples_per_second",
+]  # fmt: skip
+
+
+def _param(raw: str | None):
+    """A run param back to a Python value (params are stored as strings)."""
+    import json
+
+    if raw is None or raw == "None":
+        return None
+    try:
+        return json.loads(raw)
+    except ValueError:
+        return {"True": True, "False": False}.get(raw, raw)
+
+
+def resolve_summary(ref: str) -> dict | None:
+    """The summary of a past run, by MLflow parent run id or by Airflow DAG run id."""
+    import re
+
+    if re.fullmatch(r"[0-9a-f]{32}", ref):
+        try:
+            return load_summary(parent_run_id=ref)
+        except Exception:  # noqa: BLE001 - not a run id after all: try it as a DAG run id
+            pass
+    return load_summary(dag_run_id=ref)
+
+
+def load_runs(client, summary: dict) -> list[dict]:
+    """One row per variant run: variant fields, config, status, final metrics and metric histories."""
+    from bnpipe import claims
+    from bnpipe.variants import config_name
+
+    runs = []
+    for v in summary["variants"]:
+        r = client.get_run(v["run_id"])
+        fields = {f: _param(r.data.params.get(f)) for f in (*claims.VARIANT_FIELDS, "seed")}
+        if isinstance(fields.get("hidden"), list):
+            fields["hidden"] = tuple(fields["hidden"])
+        keys = [k for k in r.data.metrics if k in HISTORY_KEYS or k.startswith(HISTORY_PREFIXES)]
+        history = {k: [(m.step, m.value) for m in client.get_metric_history(v["run_id"], k)] for k in keys}
+        runs.append({
+            **fields, "name": v["name"], "config": config_name(v["name"]), "run_id": v["run_id"],
+            "status": v["status"], "metrics": dict(r.data.metrics), "history": history,
+        })  # fmt: skip
+    return runs
+
+
+def _evidence(runs: list[dict], target: float | None) -> tuple[list[dict], float | None]:
+    """Claim rows (variant fields + final metrics + learning speed) and the learning-speed target used."""
+    from bnpipe import claims
+
+    vals = {r["run_id"]: [v for _, v in sorted(r["history"].get("val_accuracy", []))] for r in runs}
+    rows = [{**{k: v for k, v in r.items() if k not in ("metrics", "history")}, **r["metrics"]} for r in runs]
+    target = target or claims.default_target(vals, rows)
+    for row in rows:
+        e = claims.epochs_to_target(vals[row["run_id"]], target) if target else None
+        row["epochs_to_target"] = e
+        spe = row.get("steps_per_epoch")
+        row["steps_to_target"] = e * spe if e is not None and spe else None
+    return rows, target
+
+
+def _fmt_ci(mean, lo, hi, digits=3) -> str:
+    import math
+
+    if mean is None or not math.isfinite(mean):
+        return ""
+    if lo is None or not math.isfinite(lo):
+        return f"{mean:.{digits}f}"
+    return f"{mean:.{digits}f} [{lo:.{digits}f}, {hi:.{digits}f}]"
+
+
+def build_claims_report(ref: str, out_dir, log_to_mlflow: bool = False, target: float | None = None) -> dict:
+    """Write report.md, report.html and the PNG plots for a past run into ``out_dir``; returns their paths.
+
+    ``ref`` is an MLflow parent run id or an Airflow DAG run id. Everything is read back from MLflow.
+    With ``log_to_mlflow`` the files go to the parent run's ``report/`` artifacts, and each variant
+    run gets its learning speed (``epochs_to_target``, ``steps_to_target``).
+    """
+    from datetime import UTC, datetime
+    from pathlib import Path
+
+    from bnpipe import claims, plots, tracking
+
+    summary = resolve_summary(ref)
+    if summary is None:
+        raise LookupError(
+            f"no bnpipe run {ref!r} in MLflow at {settings.tracking_uri()}: give a parent run id or a DAG run id "
+            "(see `mlflow ui`, experiment bnpipe)"
+        )
+    client = tracking.connect()
+    parent = client.get_run(summary["parent_run_id"])
+    params = {k: _param(v) for k, v in parent.data.params.items()}
+    runs = load_runs(client, summary)
+    rows, target = _evidence(runs, target or params.get("target_val_accuracy"))
+    verdicts = claims.evaluate(rows)
+    configs = claims.aggregate(rows, CONFIG_METRICS)
+    order = {c["config"]: i for i, c in enumerate(claims.rank_configs(rows, "val_accuracy"))}
+    configs.sort(key=lambda c: (order.get(c["config"], len(order)), c["config"]))
+    effects = claims.main_effects(rows, "val_accuracy")
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    images = [
+        ("Learning curves per variant", plots.learning_curves(runs, out / "learning_curves.png")),
+        ("Gradient norm per layer over training", plots.grad_norms(runs, out / "grad_norms.png")),
+        ("Final validation accuracy per variant, 95% interval", plots.final_metric(configs, runs, "val_accuracy",
+                                                                                  out / "final_val_accuracy.png")),
+        ("First BN layer: moving statistics vs. true statistics", plots.bn_stats(runs, out / "bn_stats.png")),
+    ]  # fmt: skip
+    images = [(caption, p) for caption, p in images if p]
+
+    champ = summary.get("champion") or {}
+    blocks = [
+        ("h1", f"bnpipe claims report: {params.get('dataset', '?')}, grid {params.get('grid', '?')}"),
+        ("p", f"DAG run `{summary.get('dag_run_id')}`, MLflow parent run `{summary['parent_run_id']}`. "
+              f"{params.get('epochs')} epochs, batch {params.get('batch_size')}, {params.get('seeds')} seed(s) per "
+              f"configuration, {len(runs)} runs ({sum(r['status'] != 'ok' for r in runs)} not healthy). "
+              f"Rebuilt {datetime.now(UTC):%Y-%m-%d %H:%M} UTC."),
+        ("h2", "Verdicts"),
+        ("table", [{"claim": v["claim"], "verdict": v["verdict"], "claim (design notes)": v["text"],
+                    "effect [95% CI]": _fmt_ci(v["estimate"], v["lo"], v["hi"]), "numbers": v["evidence"]}
+                   for v in verdicts]),
+        ("p", "Verdicts compare runs that differ only in the factor under test (same seed); the interval is a 95% "
+              "t-interval over those pairs. 'holds' and 'does not hold' need the interval to support them "
+              f"(margins: accuracy {claims.ACC_MARGIN}, log10 gradient ratio {claims.GRAD_MARGIN}, train/inference "
+              f"accuracy gap {claims.MODE_GAP_MARGIN}); otherwise the verdict is 'inconclusive'."),
+        ("h2", "Champion"),
+        ("p", (f"Winner `{champ.get('variant')}`: {champ.get('model_name')} version {champ.get('version')}; "
+               f"alias moved: {champ.get('alias_moved')}. Reason: {champ.get('reason')}. Configurations are "
+               "ranked on their mean over seeds.") if champ else f"No champion: {summary.get('failure')}"),
+        ("h2", "Configurations (mean [95% CI] over seeds)"),
+        ("table", [{"config": c["config"], "seeds ok": f"{c['healthy']}/{c['seeds']}",
+                    "val acc epoch 1": _fmt_ci(c["val_accuracy_epoch1"], c["val_accuracy_epoch1_lo"],
+                                               c["val_accuracy_epoch1_hi"]),
+                    "val acc final": _fmt_ci(c["val_accuracy"], c["val_accuracy_lo"], c["val_accuracy_hi"]),
+                    "test acc": _fmt_ci(c["test_accuracy"], None, None),
+                    "gap train-val acc": _fmt_ci(c["gen_gap_accuracy"], None, None),
+                    "log10 grad ratio": _fmt_ci(c["grad_log10_ratio_mean"], None, None, 2),
+                    "dead units": _fmt_ci(c["dead_fraction"], None, None, 2),
+                    "train-infer acc": _fmt_ci(c["mode_gap_accuracy"], None, None),
+                    "epochs to target": _fmt_ci(c["epochs_to_target"], None, None, 1),
+                    "samples/s": _fmt_ci(c["samples_per_second"], None, None, 0)} for c in configs]),
+        ("p", f"Learning-speed target: validation accuracy {target:.4f}." if target else "No learning-speed target."),
+        ("h2", "Main effects (validation accuracy by grid axis, healthy runs)"),
+        ("table", [{"axis": e["axis"], "level": e["level"], "mean [95% CI]": _fmt_ci(e["mean"], e["lo"], e["hi"]),
+                    "runs": e["runs"], "not healthy": e["not_ok"]} for e in effects]
+         or [{"axis": "-", "level": "the grid varies no axis", "mean [95% CI]": "", "runs": "", "not healthy": ""}]),
+        ("h2", "Plots"),
+        *[("img", caption, p) for caption, p in images],
+    ]  # fmt: skip
+    md_path, html_path = out / "report.md", out / "report.html"
+    md_path.write_text(render_markdown(blocks))
+    html_path.write_text(render_html(blocks))
+    files = {"markdown": str(md_path), "html": str(html_path), "images": [str(p) for _, p in images]}
+    if log_to_mlflow:
+        client.log_artifacts(summary["parent_run_id"], str(out), REPORT_DIR)
+        if target:
+            client.set_tag(summary["parent_run_id"], tracking.TAG + "target_val_accuracy", f"{target:.4f}")
+        for row in rows:
+            speed = {k: row[k] for k in ("epochs_to_target", "steps_to_target") if row.get(k) is not None}
+            if speed:
+                tracking.log_metrics(client, row["run_id"], speed)
+    return {"summary": summary, "verdicts": verdicts, "configs": configs, "effects": effects, "files": files}
+
+
+def render_markdown(blocks: list[tuple]) -> str:
+    out = []
+    for kind, *rest in blocks:
+        if kind == "h1":
+            out.append(f"# {rest[0]}")
+        elif kind == "h2":
+            out.append(f"## {rest[0]}")
+        elif kind == "p":
+            out.append(rest[0])
+        elif kind == "table":
+            out.append(markdown_table([{k: str(v).replace("|", "/") for k, v in r.items()} for r in rest[0]]))
+        elif kind == "img":
+            out.append(f"![{rest[0]}]({rest[1].name})")
+    return "\n\n".join(out) + "\n"
+
+
+def render_html(blocks: list[tuple]) -> str:
+    """A self-contained HTML page: the images are embedded as base64 data URIs."""
+    import base64
+    import html
+    import re
+
+    def inline(text: str) -> str:
+        return re.sub(r"`([^`]*)`", r"<code>\1</code>", html.escape(text))
+
+    body = []
+    for kind, *rest in blocks:
+        if kind in ("h1", "h2"):
+            body.append(f"<{kind}>{inline(rest[0])}</{kind}>")
+        elif kind == "p":
+            body.append(f"<p>{inline(rest[0])}</p>")
+        elif kind == "table" and rest[0]:
+            cols = list(rest[0][0])
+            head = "".join(f"<th>{html.escape(c)}</th>" for c in cols)
+            rows = "".join(
+                "<tr>" + "".join(f'<td class="{html.escape(str(r.get(c, "")).replace(" ", "-"))}">'
+                                 f"{inline(str(r.get(c, '')))}</td>" for c in cols) + "</tr>"
+                for r in rest[0]
+            )  # fmt: skip
+            body.append(f"<table><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>")
+        elif kind == "img":
+            data = base64.b64encode(rest[1].read_bytes()).decode()
+            body.append(f'<figure><img alt="{html.escape(rest[0])}" src="data:image/png;base64,{data}">'
+                        f"<figcaption>{html.escape(rest[0])}</figcaption></figure>")  # fmt: skip
+    style = (
+        "body{font-family:system-ui,sans-serif;max-width:1200px;margin:2em auto;padding:0 1em;color:#222}"
+        "table{border-collapse:collapse;font-size:13px;margin:1em 0}td,th{border:1px solid #ccc;padding:4px 6px;"
+        "vertical-align:top}th{background:#f3f3f3}td.holds{background:#d9f2d9}td.does-not-hold{background:#f7d6d6}"
+        "td.inconclusive{background:#fff4cc}img{max-width:100%}code{font-size:12px}"
+    )
+    return (
+        f"<!doctype html><html><head><meta charset='utf-8'><title>bnpipe claims report</title>"
+        f"<style>{style}</style></head><body>{''.join(body)}</body></html>\n"
+    )
+
+
+def publish_claims_report(parent_run_id: str) -> dict:
+    """Build the claims report and log it to the parent run's ``report/`` artifacts; returns the verdicts.
+
+    A report that cannot be built does not undo the comparison: the error is recorded on the
+    parent run as the tag ``bnpipe.report_error`` and returned, and ``bnpipe report`` can retry.
+    """
+    import tempfile
+    import traceback
+
+    from bnpipe import tracking
+
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            built = build_claims_report(parent_run_id, tmp, log_to_mlflow=True)
+    except Exception as exc:  # noqa: BLE001 - the champion decision stands without its report
+        traceback.print_exc()
+        tracking.connect().set_tag(parent_run_id, tracking.TAG + "report_error", f"{type(exc).__name__}: {exc}"[:5000])
+        return {"error": f"{type(exc).__name__}: {exc}"}
+    return {"verdicts": [{k: v["verdict"] if k == "verdict" else v[k] for k in ("claim", "verdict")}
+                         for v in built["verdicts"]], "artifacts": REPORT_DIR}  # fmt: skip
+
+
+def verdict_text(verdicts: list[dict]) -> str:
+    """One line per claim, for logs and the CLI."""
+    return "\n".join(f"claim {v['claim']:>3}: {v['verdict']}" for v in verdicts)

@@ -64,6 +64,38 @@ def tf_threads() -> int:
     return max(1, (os.cpu_count() or 1) // train_concurrency())
 
 
+def train_queue() -> str:
+    """Executor queue of the training tasks; CeleryExecutor workers subscribe to it (``--queues``).
+
+    The default equals Airflow's ``[operators] default_queue``, so LocalExecutor runs are unaffected.
+    """
+    return os.environ.get("BNPIPE_TRAIN_QUEUE", "default")
+
+
+def hostname() -> str:
+    """This worker's name in Airflow (``[core] hostname_callable = bnpipe.settings.hostname``).
+
+    ``BNPIPE_HOSTNAME`` tells apart several workers on one host; otherwise the FQDN, as Airflow does.
+    """
+    import socket
+
+    return os.environ.get("BNPIPE_HOSTNAME") or socket.getfqdn()
+
+
 def airflow_base_url() -> str:
     """Base URL of the Airflow UI, used for links from MLflow runs back to Airflow."""
     return os.environ.get("AIRFLOW__API__BASE_URL", "http://127.0.0.1:8080").rstrip("/")
+
+
+def task_retries() -> int:
+    """Retries of every DAG task except the ones that fail fast on bad input."""
+    return max(0, int(os.environ.get("BNPIPE_RETRIES", "2")))
+
+
+def retry_delay_seconds() -> float:
+    return float(os.environ.get("BNPIPE_RETRY_DELAY", "20"))
+
+
+def train_timeout_seconds() -> float:
+    """execution_timeout of one training task."""
+    return float(os.environ.get("BNPIPE_TRAIN_TIMEOUT", "7200"))

@@ -173,3 +173,13 @@ def fail_parent(parent_run_id: str, reason: str) -> None:
     client = connect()
     client.set_tag(parent_run_id, TAG + "failure", reason[:5000])
     client.set_terminated(parent_run_id, status="FAILED")
+
+
+def log_metric_rows(client, run_id: str, rows: list[tuple[dict, int]]) -> None:
+    """Metrics taken at several steps, ``[(metrics, step), ...]``, in as few requests as possible."""
+    from mlflow.entities import Metric
+
+    now = int(time.time() * 1000)
+    items = [Metric(k, float(v), now, int(step)) for row, step in rows for k, v in row.items() if v is not None]
+    for i in range(0, len(items), 1000):
+        client.log_batch(run_id, metrics=items[i : i + 1000])

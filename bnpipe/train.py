@@ -29,6 +29,8 @@ class TrainConfig:
     steps_per_execution: int = 32
     jit_compile: bool = True
     threads: int | None = None  # TF intra-op threads; None: settings.tf_threads()
+    grad_every_steps: int = 0  # also sample gradient norms every N steps (0: once per epoch)
+    instrument: bool = True  # bnpipe.instrument's measurements (gradient norms, BN statistics, ...)
 
 
 def configure_threads(threads: int | None) -> int:
@@ -46,6 +48,16 @@ def configure_threads(threads: int | None) -> int:
     return n
 
 
+def _release_tf_memory() -> None:
+    """Drop Keras' global graph state, so tasks sharing a process (dag.test) do not accumulate models."""
+    import gc
+
+    import keras
+
+    keras.backend.clear_session()
+    gc.collect()
+
+
 def train_key(snapshot_digest: str, variant: Variant, cfg: TrainConfig) -> str:
     """Identifies a training result: same data, variant and schedule give the same key."""
     blob = json.dumps(
@@ -59,10 +71,23 @@ def _finite(x) -> bool:
     return x is not None and math.isfinite(x)
 
 
-def fit(variant: Variant, snapshot_path: str, cfg: TrainConfig, on_epoch=None) -> tuple:
-    """Train ``variant``; returns (model, history dict, diverged flag). No MLflow here."""
-    import keras
+def is_diverged(history: dict, model) -> bool:
+    """A NaN/Inf training or validation loss, no finished epoch, or a non-finite weight."""
     import numpy as np
+
+    losses = history.get("loss", []) + history.get("val_loss", [])
+    if not history.get("loss") or any(not _finite(v) for v in losses):
+        return True
+    return not all(np.isfinite(w).all() for w in model.get_weights())
+
+
+def fit(variant: Variant, snapshot_path: str, cfg: TrainConfig, on_epoch=None, on_metrics=None) -> tuple:
+    """Train ``variant``; returns (model, history dict, diverged flag). No MLflow here.
+
+    ``on_epoch(epoch, row)`` gets each epoch's metrics; ``on_metrics([(row, step), ...])`` gets
+    ``bnpipe.instrument``'s measurements, a batch per epoch.
+    """
+    import keras
 
     from bnpipe import model as model_lib
 
@@ -91,22 +116,25 @@ def fit(variant: Variant, snapshot_path: str, cfg: TrainConfig, on_epoch=None) -
             if on_epoch:
                 on_epoch(epoch + 1, row)
 
+    callbacks = [EpochLogger(), keras.callbacks.TerminateOnNaN()]
+    if cfg.instrument:
+        from bnpipe import instrument
+
+        sink = on_metrics or (lambda rows: None)
+        probe = instrument.callback(X_tr, y_tr, X_va, y_va, cfg.batch_size, steps, sink, cfg.grad_every_steps)
+        callbacks.insert(0, probe)
     hist = model.fit(
         X_tr,
         y_tr,
         batch_size=cfg.batch_size,
         epochs=cfg.epochs,
         validation_data=(X_va, y_va),
-        callbacks=[EpochLogger(), keras.callbacks.TerminateOnNaN()],
+        callbacks=callbacks,
         verbose=0,
         shuffle=True,
     )
     history = {k: [float(v) for v in vs] for k, vs in hist.history.items()}
-    diverged = (
-        any(not _finite(v) for v in history.get("loss", [float("nan")]))
-        or not np.isfinite(model.get_weights()[-1]).all()
-    )
-    return model, history, diverged
+    return model, history, is_diverged(history, model)
 
 
 def evaluate(model, snapshot_path: str, split: str = "test", batch_size: int = 1024) -> dict:
@@ -144,7 +172,11 @@ def run_variant(
         tracking.log_dataset(client, run_id, snapshot)
         t0 = time.perf_counter()
         model, history, diverged = fit(
-            variant, snapshot["path"], cfg, on_epoch=lambda step, row: tracking.log_metrics(client, run_id, row, step)
+            variant,
+            snapshot["path"],
+            cfg,
+            on_epoch=lambda step, row: tracking.log_metrics(client, run_id, row, step),
+            on_metrics=lambda rows: tracking.log_metric_rows(client, run_id, rows),
         )
         train_seconds = time.perf_counter() - t0
         final = {k: vs[-1] for k, vs in history.items() if vs}  # already logged per epoch
@@ -164,4 +196,6 @@ def run_variant(
     except BaseException:
         client.set_terminated(run_id, status="FAILED")
         raise
+    finally:
+        _release_tf_memory()
     return {"name": variant.name, "run_id": run_id, "status": status, "metrics": metrics, "train_key": key}

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import itertools
+import re
 from dataclasses import asdict, dataclass, fields, replace
 
-PREPROCESSING = ("none", "standard", "minmax", "bn_first")
+# rescale: a fixed 1/255 Rescaling layer (pixels); rescale_bn_first: that, then BatchNormalization.
+PREPROCESSING = ("none", "standard", "minmax", "bn_first", "rescale", "rescale_bn_first")
 INITIALIZERS = ("glorot_uniform", "he_normal", "lecun_normal")
-ACTIVATIONS = ("relu", "elu", "selu", "leaky_relu")
+ACTIVATIONS = ("relu", "elu", "selu", "leaky_relu", "sigmoid")
 CLIPPING = ("none", "clipnorm", "clipvalue", "global_clipnorm")
-OPTIMIZERS = ("sgd", "adam")
+OPTIMIZERS = ("sgd", "sgd_plain", "adam")  # sgd: momentum 0.9; sgd_plain: no momentum
 
 
 class VariantError(ValueError):
@@ -52,7 +54,12 @@ class Variant:
 
     @property
     def uses_bn(self) -> bool:
-        return self.preprocessing == "bn_first" or self.hidden_bn
+        return self.bn_first or self.hidden_bn
+
+    @property
+    def bn_first(self) -> bool:
+        """True when a BatchNormalization layer is the model's first trainable layer."""
+        return self.preprocessing in ("bn_first", "rescale_bn_first")
 
     @property
     def name(self) -> str:
@@ -110,18 +117,70 @@ GRIDS: dict[str, tuple[dict, dict]] = {
     "full": (
         {},
         {
-            "preprocessing": list(PREPROCESSING),
+            "preprocessing": ["none", "standard", "minmax", "bn_first"],
             "hidden_bn": [True, False],
             "initializer": list(INITIALIZERS),
-            "activation": list(ACTIVATIONS),
+            "activation": ["relu", "elu", "selu", "leaky_relu"],
             "clipping": list(CLIPPING),
         },
     ),
+    # The textbook Fashion-MNIST MLP (784-300-100-10 ReLU, he_normal, plain SGD at 1e-3): pixels
+    # scaled by 1/255 without BN, against BN first and after each hidden layer (on scaled and on
+    # raw 0-255 pixels).
+    "textbook": (
+        {
+            "hidden": (300, 100),
+            "activation": "relu",
+            "initializer": "he_normal",
+            "optimizer": "sgd_plain",
+            "learning_rate": 1e-3,
+        },
+        [
+            {"preprocessing": ["rescale"], "hidden_bn": [False]},
+            {"preprocessing": ["rescale_bn_first", "bn_first"], "hidden_bn": [True]},
+        ],
+    ),
+    # Does BN-first replace scaling on tabular features of very different scales? Hidden BN is off,
+    # so only the first layer differs; a lower momentum shows the moving statistics' warm-up.
+    "tabular-scales": (
+        {"hidden": (64, 32), "hidden_bn": False},
+        [
+            {"preprocessing": ["none", "standard", "minmax", "bn_first"]},
+            {"preprocessing": ["bn_first"], "bn_momentum": [0.9]},
+        ],
+    ),
+    # A deep sigmoid network, where vanishing gradients show: with and without hidden BN, Glorot vs. He.
+    "deep-sigmoid": (
+        {"hidden": (64,) * 10, "activation": "sigmoid", "preprocessing": "standard"},
+        {"hidden_bn": [False, True], "initializer": ["glorot_uniform", "he_normal"]},
+    ),
+}
+
+# Run settings a grid is meant for (Params); they apply unless the run sets the Param itself.
+GRID_SETTINGS: dict[str, dict] = {
+    "textbook": {"dataset": "fashion_mnist", "epochs": 10, "batch_size": 32, "seeds": 3},
+    "tabular-scales": {"dataset": "breast_cancer", "epochs": 5, "batch_size": 32, "seeds": 3},
+    "deep-sigmoid": {"dataset": "digits", "epochs": 20, "batch_size": 32, "seeds": 3},
 }
 
 
-def expand(base: dict, axes: dict, seeds: int = 1) -> list[Variant]:
-    """The cartesian product of ``axes`` over ``base``, repeated for seeds 0..seeds-1."""
+def config_name(name: str) -> str:
+    """A variant's name without its seed suffix: the runs of one configuration over seeds share it."""
+    return re.sub(r"-s\d+$", "", name)
+
+
+def expand(base: dict, axes: dict | list, seeds: int = 1) -> list[Variant]:
+    """The cartesian product of ``axes`` over ``base``, repeated for seeds 0..seeds-1.
+
+    ``axes`` may also be a list of axes dicts: the union of their products, for grids that are
+    a few hand-picked contrasts rather than a full cross.
+    """
+    if isinstance(axes, list):
+        out = [v for part in axes for v in expand(base, part, seeds)]
+        names = [v.name for v in out]
+        if len(set(names)) != len(names):
+            raise VariantError("the grid produces duplicate variants; remove repeated axis values")
+        return out
     if seeds < 1:
         raise VariantError(f"seeds={seeds}: need at least one seed")
     axes = {k: v if isinstance(v, list | tuple) else [v] for k, v in axes.items()}
@@ -156,4 +215,6 @@ def grid(name: str, seeds: int = 1, axes: dict | None = None, base: dict | None 
     if name not in GRIDS:
         raise VariantError(f"unknown grid {name!r}: choose one of {', '.join([*GRIDS, 'custom'])}")
     grid_base, grid_axes = GRIDS[name]
-    return expand({**grid_base, **(base or {})}, {**grid_axes, **(axes or {})}, seeds)
+    parts = grid_axes if isinstance(grid_axes, list) else [grid_axes]
+    merged = [{**part, **(axes or {})} for part in parts]
+    return expand({**grid_base, **(base or {})}, merged if len(merged) > 1 else merged[0], seeds)

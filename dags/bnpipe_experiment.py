@@ -31,13 +31,18 @@ def _airflow_link() -> str:
 
 @dag(
     dag_id=DAG_ID,
-    schedule=os.environ.get("BNPIPE_SCHEDULE", "@weekly"),
+    schedule=os.environ.get("BNPIPE_SCHEDULE", "@weekly") or None,  # empty: manual and data-triggered only
     start_date=datetime(2026, 1, 1),
     catchup=False,
     max_active_runs=1,
     tags=["bnpipe", "ml", "experiment"],
     doc_md=__doc__,
-    default_args={"retries": 2, "retry_delay": timedelta(seconds=20), "execution_timeout": timedelta(minutes=30)},
+    default_args={
+        "retries": settings.task_retries(),
+        "retry_delay": timedelta(seconds=settings.retry_delay_seconds()),
+        "retry_exponential_backoff": True,
+        "execution_timeout": timedelta(minutes=30),
+    },
     params={name: Param(**s) for name, s in spec.SPEC.items()},
 )
 def bnpipe_experiment():
@@ -82,7 +87,8 @@ def bnpipe_experiment():
     @task(
         map_index_template="{{ variant_name }}",
         max_active_tis_per_dagrun=settings.train_concurrency(),
-        execution_timeout=timedelta(hours=2),
+        queue=settings.train_queue(),
+        execution_timeout=timedelta(seconds=settings.train_timeout_seconds()),
     )
     def train(variant: dict, snapshot: dict, run: dict, p: dict) -> dict:
         """Train one variant in its own nested MLflow run (TensorFlow is imported here, not at parse time)."""
@@ -96,19 +102,24 @@ def bnpipe_experiment():
             ti.map_index, ti.try_number,
         )  # fmt: skip
 
-    @task
+    @task(max_active_tis_per_dag=1)  # one registration at a time across DAG runs: no alias race
     def compare(results: list[dict], snapshot: dict, run: dict, p: dict) -> dict:
-        """Rank the variants, log the table, register the winner and move `champion` if it is better."""
+        """Rank the variants, log the table, register the winner and move `champion` if it is better.
+
+        Then log the claims report (verdict per claim, plots) to the parent run's `report/` artifacts.
+        """
         from airflow.sdk.exceptions import AirflowFailException
 
         from bnpipe import compare as cmp
-        from bnpipe.report import summary_text
+        from bnpipe import report
 
         try:
             summary = cmp.conclude(list(results), snapshot, run["parent_run_id"], p["metric"], _airflow_link())
         except cmp.NoHealthyVariant as exc:
             raise AirflowFailException(str(exc)) from exc
-        print(summary_text(summary))
+        summary["report"] = report.publish_claims_report(run["parent_run_id"])
+        print(report.summary_text(summary))
+        print(report.verdict_text(summary["report"].get("verdicts", [])))
         return summary
 
     p = validate_params()

@@ -27,13 +27,23 @@ def home(tmp_path, monkeypatch):
     return h
 
 
-def run_cli(args: list[str], env_home: Path, timeout: int = 900, extra_env: dict | None = None):
-    """Run the bnpipe console script in a subprocess with ``env_home`` as its home."""
+def cli_env(env_home: Path, extra_env: dict | None = None) -> dict:
+    """This process's environment with ``env_home`` as bnpipe's home; inputs may live in its parent."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "MLFLOW_", "BNPIPE_"))}
     env.update(
         BNPIPE_HOME=str(env_home),
         MLFLOW_TRACKING_URI=f"sqlite:///{env_home / 'mlflow.db'}",
         BNPIPE_INPUT_DIRS=str(env_home.parent),
-        **(extra_env or {}),
     )
+    env.update(extra_env or {})
+    return env
+
+
+def run_cli(args: list[str], env_home: Path, timeout: int = 900, extra_env: dict | None = None):
+    """Run the bnpipe console script in a subprocess with ``env_home`` as its home."""
+    env = cli_env(env_home, extra_env)
     return subprocess.run([BNPIPE, *args], env=env, capture_output=True, text=True, timeout=timeout, cwd=ROOT)
+
+
+# The real stack (Airflow + MLflow servers), shared by test_stack_e2e.py and test_browser.py.
+from stack_fixtures import live_stack, stack_run  # noqa: E402, F401

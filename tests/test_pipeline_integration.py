@@ -125,3 +125,17 @@ def test_second_run_adds_no_duplicate_version(first_run):
     assert (
         int(c.get_model_version_by_alias("bnpipe-breast_cancer", "champion").version) == summary["champion"]["version"]
     )
+
+
+def test_claims_report_logged_to_parent_and_variants_instrumented(first_run):
+    home, summary, stdout = first_run
+    c = _client(home)
+    files = {a.path for a in c.list_artifacts(summary["parent_run_id"], "report")}
+    assert {"report/report.html", "report/report.md", "report/learning_curves.png", "report/grad_norms.png"} <= files
+    md = open(c.download_artifacts(summary["parent_run_id"], "report/report.md", str(home.parent))).read()
+    assert "| 4e |" in md and "| 4e | not tested by this grid |" not in md  # smoke grid: standard vs. bn_first
+    assert "claim  4e:" in stdout
+    for v in summary["variants"]:
+        metrics = c.get_run(v["run_id"]).data.metrics
+        assert {"grad_norm/dense_0", "grad_norm/output", "grad_log10_ratio", "gen_gap_accuracy"} <= set(metrics)
+        assert "bn_first/moving_mean" in metrics and "mode_gap_accuracy" in metrics  # every smoke variant has BN

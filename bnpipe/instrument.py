@@ -1,0 +1,260 @@
+"""Instrument: cheap measurements of what the design notes' claims are about, taken while a variant trains.
+
+Pure functions compute each quantity from a model and a fixed sample; ``callback`` wraps them in
+a Keras callback that buffers rows and hands them to a sink (``train`` sends them to MLflow).
+
+Metrics and their step axis:
+- ``grad_norm/<dense layer>``, ``grad_log10_ratio`` (log10 of first / last Dense layer's gradient
+  norm: far below 0 means vanishing, far above exploding): training step; at step 0, every epoch's
+  end and, optionally, every ``grad_every_steps`` steps. Computed with a separate
+  ``tf.GradientTape`` on one fixed training batch, in train mode; BN moving statistics are restored.
+- ``bn_first/{moving,true}_{mean,var}`` (averaged over features), ``bn_first/mean_err_std`` (RMS
+  error of the moving mean in units of the true std) and ``bn_first/var_ratio`` (moving / true
+  variance): training step; every execution during the first ``bn_warmup_steps`` steps, then per epoch.
+- ``gen_gap_accuracy``, ``gen_gap_loss`` (train - val), ``dead_fraction[/<layer>]`` (ReLU-family
+  units whose pre-activation is <= 0 on every row of the fixed sample), ``train_mode_accuracy``,
+  ``infer_mode_accuracy``, ``mode_gap_accuracy`` (train-mode - inference-mode accuracy on a fixed
+  validation sample, batch by batch as in training): epoch.
+- At the end: ``val_accuracy_epoch1``, ``grad_log10_ratio_initial``, ``grad_log10_ratio_mean``,
+  ``steps_per_epoch``.
+
+All of it runs at epoch ends (or every few executions), never per step, on a few hundred rows.
+"""
+
+from __future__ import annotations
+
+import math
+
+RELU_FAMILY = ("relu", "leaky_relu", "elu", "selu")
+GRAD_ROWS = 256  # rows of the fixed training batch for gradient norms and dead units
+MODE_BATCHES = 8  # validation batches for the train- vs. inference-mode accuracy
+BN_WARMUP_STEPS = 1024
+
+
+def dense_layers(model) -> list:
+    import keras
+
+    return [layer for layer in model.layers if isinstance(layer, keras.layers.Dense)]
+
+
+def first_bn(model):
+    """The model's first BatchNormalization layer, or None."""
+    import keras
+
+    return next((layer for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)), None)
+
+
+class _KeepState:
+    """Restores the model's non-trainable variables (BN moving statistics) on exit."""
+
+    def __init__(self, model):
+        self.vars = list(model.non_trainable_variables)
+
+    def __enter__(self):
+        self.saved = [v.numpy() for v in self.vars]
+        return self
+
+    def __exit__(self, *exc):
+        for v, value in zip(self.vars, self.saved):
+            v.assign(value)
+        return False
+
+
+def layer_grad_norms(model, x, y) -> dict[str, float]:
+    """L2 norm of the loss gradient w.r.t. each Dense layer's weights (kernel and bias), in train mode.
+
+    The loss is the mean sparse categorical cross-entropy, as compiled. The forward pass would
+    update BN moving statistics; they are restored, so measuring does not change training.
+    """
+    import keras
+    import numpy as np
+    import tensorflow as tf
+
+    layers = dense_layers(model)
+    weights = [w for layer in layers for w in layer.trainable_weights]
+    with _KeepState(model):
+        with tf.GradientTape() as tape:
+            probs = model(x, training=True)
+            loss = keras.ops.mean(keras.losses.sparse_categorical_crossentropy(y, probs))
+        grads = tape.gradient(loss, weights)
+    out, i = {}, 0
+    for layer in layers:
+        n = len(layer.trainable_weights)
+        sq = sum(float(np.sum(np.square(g.numpy()))) for g in grads[i : i + n] if g is not None)
+        out[layer.name] = math.sqrt(sq)
+        i += n
+    return out
+
+
+def grad_log10_ratio(norms: dict[str, float]) -> float:
+    """log10(first Dense layer's gradient norm / last one's); NaN when undefined."""
+    values = list(norms.values())
+    if len(values) < 2 or not all(math.isfinite(v) for v in (values[0], values[-1])):
+        return float("nan")
+    first, last = values[0], values[-1]
+    if first <= 0 or last <= 0:
+        return float("nan") if first == last else (-math.inf if first <= 0 else math.inf)
+    return math.log10(first / last)
+
+
+def dead_unit_fractions(model, x) -> dict[str, float]:
+    """Per ReLU-family hidden layer: fraction of units whose pre-activation is <= 0 on every row of ``x``."""
+    import keras
+    import numpy as np
+
+    layers = [layer for layer in dense_layers(model)[:-1] if layer.activation.__name__ in RELU_FAMILY]
+    if not layers:
+        return {}
+    probe = keras.Model(model.input, [layer.input for layer in layers])
+    inputs = probe(x, training=False)
+    inputs = inputs if isinstance(inputs, list | tuple) else [inputs]
+    out = {}
+    for layer, inp in zip(layers, inputs):
+        pre = np.asarray(inp) @ layer.kernel.numpy() + layer.bias.numpy()
+        out[layer.name] = float(np.mean(np.all(pre <= 0, axis=0)))
+    return out
+
+
+def bn_stats_row(moving_mean, moving_var, true_mean, true_var) -> dict[str, float]:
+    """Moving statistics of a BN layer against the true statistics of its input, summarised over features."""
+    import numpy as np
+
+    mm, mv, tm, tv = (np.asarray(a, dtype="float64") for a in (moving_mean, moving_var, true_mean, true_var))
+    scale = float(np.mean(tv))
+    return {
+        "bn_first/moving_mean": float(np.mean(mm)),
+        "bn_first/true_mean": float(np.mean(tm)),
+        "bn_first/moving_var": float(np.mean(mv)),
+        "bn_first/true_var": scale,
+        "bn_first/mean_err_std": float(np.sqrt(np.mean((mm - tm) ** 2) / scale)) if scale > 0 else float("nan"),
+        "bn_first/var_ratio": float(np.mean(mv) / scale) if scale > 0 else float("nan"),
+    }
+
+
+def mode_accuracies(model, x, y, batch_size: int) -> tuple[float, float]:
+    """(train-mode, inference-mode) accuracy on ``x``: batch statistics per mini-batch vs. moving statistics."""
+    import numpy as np
+
+    infer = np.argmax(np.asarray(model(x, training=False)), axis=-1)
+    with _KeepState(model):
+        train = np.concatenate([
+            np.argmax(np.asarray(model(x[i : i + batch_size], training=True)), axis=-1)
+            for i in range(0, len(x), batch_size)
+        ])  # fmt: skip
+    return float(np.mean(train == y)), float(np.mean(infer == y))
+
+
+def fixed_sample(n_rows: int, k: int, seed: int = 0):
+    """Indices of a fixed sample: the same rows for every variant and seed."""
+    import numpy as np
+
+    return np.sort(np.random.default_rng(seed).choice(n_rows, size=min(k, n_rows), replace=False))
+
+
+def finite(row: dict) -> dict:
+    return {k: float(v) for k, v in row.items() if v is not None and math.isfinite(v)}
+
+
+def callback(X_tr, y_tr, X_va, y_va, batch_size: int, steps_per_epoch: int, sink, grad_every_steps: int = 0):
+    """A Keras callback that measures the quantities above and calls ``sink([(metrics, step), ...])``.
+
+    Rows are buffered and flushed once per epoch and at the end, so the tracking server sees one
+    request per epoch rather than one per measurement.
+    """
+    import keras
+    import numpy as np
+
+    gi = fixed_sample(len(y_tr), GRAD_ROWS)
+    vi = fixed_sample(len(y_va), MODE_BATCHES * batch_size, seed=1)
+    xg, yg = X_tr[gi], y_tr[gi]
+    xv, yv = X_va[vi], y_va[vi]
+
+    class Instrument(keras.callbacks.Callback):
+        def on_train_begin(self, logs=None):
+            self.rows, self.step, self.last_grad, self.ratios = [], 0, 0, []
+            self.val_acc = []
+            self.bn = first_bn(self.model)
+            self.bn_probe, self.true_stats = None, None
+            if self.bn is not None:
+                probe = keras.Model(self.model.input, self.bn.input)
+                if probe.trainable_weights:  # input changes with training: re-measure on the sample
+                    self.bn_probe = probe
+                else:  # fixed input: exact statistics over the whole training split, once
+                    self.true_stats = self._input_stats(probe, X_tr)
+            self._grads(0)
+            self._bn(0)
+
+        def _input_stats(self, probe, X, chunk: int = 4096):
+            total = total_sq = 0.0
+            for i in range(0, len(X), chunk):
+                out = np.asarray(probe(X[i : i + chunk], training=False), dtype="float64")
+                out = out.reshape(len(out), -1)
+                total, total_sq = total + out.sum(axis=0), total_sq + np.square(out).sum(axis=0)
+            mean = total / len(X)
+            return mean, np.maximum(total_sq / len(X) - mean**2, 0.0)
+
+        def _grads(self, step):
+            norms = layer_grad_norms(self.model, xg, yg)
+            ratio = grad_log10_ratio(norms)
+            self.ratios.append(ratio)
+            row = {f"grad_norm/{k}": v for k, v in norms.items()}
+            row["grad_log10_ratio"] = ratio
+            self.rows.append((finite(row), step))
+            self.last_grad = step
+
+        def _bn(self, step):
+            if self.bn is None:
+                return
+            true = self.true_stats if self.bn_probe is None else self._input_stats(self.bn_probe, xg)
+            row = bn_stats_row(self.bn.moving_mean.numpy(), self.bn.moving_variance.numpy(), *true)
+            self.rows.append((finite(row), step))
+
+        def on_epoch_begin(self, epoch, logs=None):
+            self.epoch_start = epoch * steps_per_epoch
+
+        def on_train_batch_end(self, batch, logs=None):
+            self.step = self.epoch_start + batch + 1
+            if grad_every_steps and self.step - self.last_grad >= grad_every_steps:
+                self._grads(self.step)
+            if self.step <= BN_WARMUP_STEPS and self.step % steps_per_epoch:
+                self._bn(self.step)
+
+        def on_epoch_end(self, epoch, logs=None):
+            logs = logs or {}
+            self.step = (epoch + 1) * steps_per_epoch
+            if self.last_grad != self.step:
+                self._grads(self.step)
+            self._bn(self.step)
+            self.val_acc.append(logs.get("val_accuracy"))
+            row = {
+                "gen_gap_accuracy": logs.get("accuracy", math.nan) - logs.get("val_accuracy", math.nan),
+                "gen_gap_loss": logs.get("val_loss", math.nan) - logs.get("loss", math.nan),
+            }
+            dead = dead_unit_fractions(self.model, xg)
+            if dead:
+                row.update({f"dead_fraction/{k}": v for k, v in dead.items()})
+                row["dead_fraction"] = float(np.mean(list(dead.values())))
+            if self.bn is not None:
+                train_acc, infer_acc = mode_accuracies(self.model, xv, yv, batch_size)
+                row.update(train_mode_accuracy=train_acc, infer_mode_accuracy=infer_acc)
+                row["mode_gap_accuracy"] = train_acc - infer_acc
+            self.rows.append((finite(row), epoch + 1))
+            self.flush()
+
+        def on_train_end(self, logs=None):
+            ratios = [r for r in self.ratios if math.isfinite(r)]
+            row = {
+                "steps_per_epoch": steps_per_epoch,
+                "grad_log10_ratio_initial": self.ratios[0] if self.ratios else None,
+                "grad_log10_ratio_mean": float(np.mean(ratios)) if ratios else None,
+                "val_accuracy_epoch1": self.val_acc[0] if self.val_acc else None,
+            }
+            self.rows.append((finite(row), len(self.val_acc)))
+            self.flush()
+
+        def flush(self):
+            rows, self.rows = [r for r in self.rows if r[0]], []
+            if rows:
+                sink(rows)
+
+    return Instrument()

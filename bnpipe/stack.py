@@ -1,0 +1,536 @@
+"""The real stack on one machine: Airflow's api-server, scheduler, dag-processor and triggerer,
+and an MLflow tracking server, each a process of its own on 127.0.0.1.
+
+``python -m bnpipe.stack up`` (``make up``) starts it under ``$BNPIPE_HOME/stack`` and prints the
+URLs and the login; ``down`` (``make down``) stops exactly the processes it recorded; ``status``
+shows what runs. Tests and benchmarks use :class:`Stack` directly, with their own root and ports.
+
+Only the standard library and subprocesses: this module imports neither Airflow nor TensorFlow.
+
+Layout under ``root``::
+
+    airflow/    AIRFLOW_HOME: SQLite metadata DB, task logs, the login's password file
+    mlflow/     the MLflow server's SQLite store (mlflow.db) and artifacts (artifacts/)
+    logs/       one log file per component
+    run/        one PID file per component (JSON: pid, process start time, command)
+    stack.json  ports and the JWT secret, so a restart keeps its URLs and tokens
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from pathlib import Path
+
+from bnpipe import settings
+
+HOST = "127.0.0.1"
+COMPONENTS = ("mlflow", "api-server", "scheduler", "dag-processor", "triggerer")
+EXPERIMENT_DAG = "bnpipe_experiment"
+INBOX_DAG = "bnpipe_on_new_data"
+FINAL_STATES = ("success", "failed")
+# Airflow's api-server health reports these components by these names.
+_HEALTH_KEYS = {"scheduler": "scheduler", "dag-processor": "dag_processor", "triggerer": "triggerer"}
+
+
+class StackError(RuntimeError):
+    """A component did not start, or the Airflow REST API refused a request."""
+
+    def __init__(self, message: str, status: int | None = None, body: object = None):
+        super().__init__(message)
+        self.status, self.body = status, body
+
+
+def _repo_dir(name: str) -> Path:
+    """``dags/`` or ``plugins/`` next to this package (editable install), else in the cwd."""
+    here = Path(__file__).resolve().parents[1] / name
+    return here if here.is_dir() else Path.cwd() / name
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind((HOST, 0))
+        return s.getsockname()[1]
+
+
+def port_is_free(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind((HOST, port))
+        except OSError:
+            return False
+        return True
+
+
+def _start_ticks(pid: int) -> int | None:
+    """The process's start time in clock ticks since boot (None if it is gone): PID reuse guard."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = stat[stat.rindex(")") + 2 :].split()
+    if fields[0] == "Z":  # a zombie has exited already
+        return None
+    return int(fields[19])
+
+
+def _http(method: str, url: str, body: dict | None = None, headers: dict | None = None, timeout: float = 30):
+    """(status, parsed JSON or text) of one request; HTTP errors are returned, not raised."""
+    data = json.dumps(body).encode() if body is not None else None
+    req = urllib.request.Request(url, data=data, method=method, headers={**(headers or {})})
+    if data is not None:
+        req.add_header("Content-Type", "application/json")
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # loopback: never via a proxy
+    try:
+        with opener.open(req, timeout=timeout) as resp:
+            status, raw = resp.status, resp.read()
+    except urllib.error.HTTPError as exc:
+        status, raw = exc.code, exc.read()
+    text = raw.decode(errors="replace")
+    try:
+        return status, json.loads(text) if text else None
+    except json.JSONDecodeError:
+        return status, text
+
+
+class Stack:
+    """Airflow and MLflow servers under ``root``, started and stopped by recorded PIDs.
+
+    ``env`` is the complete environment every component gets; a test can reuse it to run
+    ``airflow`` CLI commands against the same metadata DB.
+    """
+
+    def __init__(
+        self,
+        root: Path,
+        *,
+        airflow_port: int | None = None,
+        mlflow_port: int | None = None,
+        executor: str = "LocalExecutor",
+        sql_alchemy_conn: str | None = None,
+        mlflow_backend_uri: str | None = None,
+        celery_broker_url: str | None = None,
+        celery_result_backend: str | None = None,
+        extra_env: dict | None = None,
+        username: str = "admin",
+        password: str | None = None,
+    ):
+        self.root = Path(root).resolve()
+        self.airflow_home = self.root / "airflow"
+        self.mlflow_dir = self.root / "mlflow"
+        self.log_dir = self.root / "logs"
+        self.run_dir = self.root / "run"
+        self.state_file = self.root / "stack.json"
+        state = json.loads(self.state_file.read_text()) if self.state_file.exists() else {}
+        self.airflow_port = airflow_port or state.get("airflow_port") or free_port()
+        self.mlflow_port = mlflow_port or state.get("mlflow_port") or free_port()
+        self.jwt_secret = state.get("jwt_secret") or secrets.token_hex(32)
+        self.airflow_url = f"http://{HOST}:{self.airflow_port}"
+        self.mlflow_url = f"http://{HOST}:{self.mlflow_port}"
+        self.username = username
+        self.password_file = self.airflow_home / "simple_auth_manager_passwords.json.generated"
+        self._password = password
+        self.mlflow_backend_uri = mlflow_backend_uri or f"sqlite:///{self.mlflow_dir / 'mlflow.db'}"
+        self.executor = executor
+        self._procs: dict[str, subprocess.Popen] = {}
+        self._token: str | None = None
+
+        inherited = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW__", "AIRFLOW_HOME", "MLFLOW_"))}
+        venv_bin = str(Path(sys.executable).parent)
+        env = {
+            **inherited,
+            "PATH": venv_bin + os.pathsep + inherited.get("PATH", ""),
+            "NO_PROXY": ",".join(filter(None, [inherited.get("NO_PROXY"), HOST, "localhost"])),
+            "no_proxy": ",".join(filter(None, [inherited.get("no_proxy"), HOST, "localhost"])),
+            "BNPIPE_HOME": inherited.get("BNPIPE_HOME") or str(settings.home()),
+            "AIRFLOW_HOME": str(self.airflow_home),
+            "AIRFLOW__CORE__DAGS_FOLDER": str(_repo_dir("dags")),
+            "AIRFLOW__CORE__PLUGINS_FOLDER": str(_repo_dir("plugins")),
+            "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+            "AIRFLOW__CORE__EXECUTOR": executor,
+            "AIRFLOW__CORE__PARALLELISM": str(max(4, 2 * (os.cpu_count() or 2))),
+            "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "True",
+            "AIRFLOW__CORE__AUTH_MANAGER": (
+                "airflow.api_fastapi.auth.managers.simple.simple_auth_manager.SimpleAuthManager"
+            ),
+            "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": f"{username}:admin",
+            "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(self.password_file),
+            "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"{self.airflow_url}/execution/",
+            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": sql_alchemy_conn or f"sqlite:///{self.airflow_home / 'airflow.db'}",
+            "AIRFLOW__API__HOST": HOST,
+            "AIRFLOW__API__PORT": str(self.airflow_port),
+            "AIRFLOW__API__BASE_URL": self.airflow_url,
+            "AIRFLOW__API__WORKERS": "1",
+            "AIRFLOW__API_AUTH__JWT_SECRET": self.jwt_secret,
+            "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "30",
+            "AIRFLOW__SCHEDULER__ENABLE_HEALTH_CHECK": "False",
+            "MLFLOW_TRACKING_URI": self.mlflow_url,
+            "BNPIPE_MLFLOW_UI_URL": self.mlflow_url,
+            "TF_CPP_MIN_LOG_LEVEL": "2",
+        }
+        if celery_broker_url:
+            env["AIRFLOW__CELERY__BROKER_URL"] = celery_broker_url
+        if celery_result_backend:
+            env["AIRFLOW__CELERY__RESULT_BACKEND"] = celery_result_backend
+        env.update({k: str(v) for k, v in (extra_env or {}).items()})
+        self.env: dict = env
+
+    # ----------------------------------------------------------------- login
+    @property
+    def password(self) -> str:
+        """The login's password: given, else the one SimpleAuthManager's password file holds."""
+        if self._password is None and self.password_file.exists():
+            self._password = json.loads(self.password_file.read_text()).get(self.username)
+        if self._password is None:
+            raise StackError(f"no password for {self.username!r} yet in {self.password_file}")
+        return self._password
+
+    def _seed_password(self) -> None:
+        """Write the password file before the api-server starts, so the login is known up front."""
+        stored = json.loads(self.password_file.read_text()) if self.password_file.exists() else {}
+        want = self._password or stored.get(self.username) or secrets.token_urlsafe(12)
+        if stored.get(self.username) != want:
+            stored[self.username] = want
+            self.password_file.write_text(json.dumps(stored) + "\n")
+            self.password_file.chmod(0o600)
+        self._password = want
+
+    # ------------------------------------------------------------- processes
+    def _commands(self) -> dict[str, list[str]]:
+        py, port = sys.executable, str(self.airflow_port)
+        return {
+            "mlflow": [
+                py, "-m", "mlflow", "server", "--host", HOST, "--port", str(self.mlflow_port),
+                "--backend-store-uri", self.mlflow_backend_uri, "--serve-artifacts",
+                "--artifacts-destination", str(self.mlflow_dir / "artifacts"), "--workers", "1",
+            ],
+            "api-server": [py, "-m", "airflow", "api-server", "--host", HOST, "--port", port],
+            "scheduler": [py, "-m", "airflow", "scheduler", "--skip-serve-logs"],
+            "dag-processor": [py, "-m", "airflow", "dag-processor"],
+            "triggerer": [py, "-m", "airflow", "triggerer", "--skip-serve-logs"],
+        }  # fmt: skip
+
+    def _pid_file(self, name: str) -> Path:
+        return self.run_dir / f"{name}.pid"
+
+    def _spawn(self, name: str, cmd: list[str], env: dict | None = None) -> int:
+        """Start ``cmd`` in a new process group (with ``env``, default ``self.env``); record its PID and start time."""
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        with open(self.log_dir / f"{name}.log", "ab") as log:
+            proc = subprocess.Popen(
+                cmd, env=env or self.env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                start_new_session=True, cwd=os.getcwd(),
+            )  # fmt: skip
+        self._procs[name] = proc
+        record = {"pid": proc.pid, "start_ticks": _start_ticks(proc.pid), "cmd": cmd}
+        self._pid_file(name).write_text(json.dumps(record) + "\n")
+        return proc.pid
+
+    def _record(self, name: str) -> dict | None:
+        try:
+            return json.loads(self._pid_file(name).read_text())
+        except (OSError, json.JSONDecodeError):
+            return None
+
+    def alive(self, name: str) -> bool:
+        """Is the recorded process of ``name`` still the one we started?"""
+        rec = self._record(name)
+        return bool(rec) and _start_ticks(rec["pid"]) == rec["start_ticks"]
+
+    def recorded(self) -> list[str]:
+        return sorted(p.stem for p in self.run_dir.glob("*.pid")) if self.run_dir.is_dir() else []
+
+    def log_tail(self, name: str, lines: int = 40) -> str:
+        path = self.log_dir / f"{name}.log"
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:]) if path.exists() else ""
+
+    def migrate(self) -> None:
+        """Create or upgrade the Airflow metadata DB (``airflow db migrate``)."""
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        with open(self.log_dir / "db-migrate.log", "ab") as log:
+            proc = subprocess.run(
+                [sys.executable, "-m", "airflow", "db", "migrate"], env=self.env, stdout=log,
+                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, timeout=600,
+            )  # fmt: skip
+        if proc.returncode != 0:
+            raise StackError(f"airflow db migrate failed:\n{self.log_tail('db-migrate')}")
+
+    def start(self, components=COMPONENTS, timeout: float = 180, unpause=()) -> None:
+        """Migrate the DB, start ``components`` (those not already running), wait until healthy.
+
+        ``unpause``: DAG ids to unpause once the dag-processor has stored them.
+        On failure everything started so far is stopped and the failing log's tail is raised.
+        """
+        for d in (self.airflow_home, self.mlflow_dir / "artifacts", self.log_dir, self.run_dir):
+            d.mkdir(parents=True, exist_ok=True)
+        if not self.state_file.exists():
+            state = {"airflow_port": self.airflow_port, "mlflow_port": self.mlflow_port, "jwt_secret": self.jwt_secret}
+            self.state_file.write_text(json.dumps(state, indent=1) + "\n")
+            self.state_file.chmod(0o600)
+        self._seed_password()
+        commands = self._commands()
+        wanted = [c for c in components if not self.alive(c)]
+        for port, who in ((self.airflow_port, "api-server"), (self.mlflow_port, "mlflow")):
+            if who in wanted and not port_is_free(port):
+                raise StackError(f"port {port} for the {who} is taken by another program; pass another port")
+        deadline = time.monotonic() + timeout
+        try:
+            if any(c != "mlflow" for c in wanted):
+                self.migrate()
+            for name in wanted:
+                self._spawn(name, commands[name])
+            self.wait_healthy(components, deadline)
+            for dag_id in unpause:
+                self.unpause(dag_id, deadline)
+        except BaseException:
+            self.stop()
+            raise
+
+    def start_celery_worker(
+        self, hostname: str, queues=("default", "train"), concurrency: int = 1, extra_env: dict | None = None
+    ) -> int:
+        """Start an ``airflow celery worker`` (the stack must use CeleryExecutor); returns its PID.
+
+        The worker's environment has ``BNPIPE_HOSTNAME=hostname``: with ``[core] hostname_callable =
+        bnpipe.settings.hostname`` its task instances record that name, so workers on one host differ.
+        """
+        cmd = [
+            sys.executable, "-m", "airflow", "celery", "worker", "--celery-hostname", hostname,
+            "--queues", ",".join(queues), "--concurrency", str(concurrency), "--skip-serve-logs",
+        ]  # fmt: skip
+        env = {**self.env, "BNPIPE_HOSTNAME": hostname, **{k: str(v) for k, v in (extra_env or {}).items()}}
+        return self._spawn(f"celery-worker-{hostname}", cmd, env)
+
+    def _check_running(self, components) -> None:
+        for name in components:
+            proc = self._procs.get(name)
+            if (proc is not None and proc.poll() is not None) or not self.alive(name):
+                raise StackError(f"{name} exited during start-up; {self.log_dir / (name + '.log')}:\n"
+                                 f"{self.log_tail(name)}")  # fmt: skip
+
+    def health(self) -> dict:
+        """Airflow's health report plus ``mlflow``: {component: "healthy" | other}."""
+        out = {}
+        try:
+            status, body = _http("GET", f"{self.airflow_url}/api/v2/monitor/health", timeout=5)
+            if status == 200 and isinstance(body, dict):
+                out["api-server"] = "healthy"
+                out["metadatabase"] = body.get("metadatabase", {}).get("status")
+                for name, key in _HEALTH_KEYS.items():
+                    out[name] = (body.get(key) or {}).get("status")
+        except OSError:
+            out["api-server"] = "down"
+        try:
+            status, body = _http("GET", f"{self.mlflow_url}/health", timeout=5)
+            out["mlflow"] = "healthy" if status == 200 else f"HTTP {status}"
+        except OSError:
+            out["mlflow"] = "down"
+        return out
+
+    def wait_healthy(self, components=COMPONENTS, deadline: float | None = None) -> None:
+        deadline = deadline or time.monotonic() + 180
+        while True:
+            self._check_running(components)
+            h = self.health()
+            missing = [c for c in components if h.get(c) != "healthy"]
+            if not missing:
+                return
+            if time.monotonic() > deadline:
+                name = next((m for m in missing if m in COMPONENTS), missing[0])
+                raise StackError(f"not healthy in time: {missing} ({h}); {name} log:\n{self.log_tail(name)}")
+            time.sleep(1)
+
+    def stop(self) -> None:
+        """Stop the process groups recorded under ``run/``, newest first. Idempotent."""
+        order = list(reversed(COMPONENTS))
+        names = sorted(self.recorded(), key=lambda n: order.index(n) if n in order else -1)
+        for name in names:
+            rec = self._record(name)
+            if rec and _start_ticks(rec["pid"]) == rec["start_ticks"]:
+                self._terminate(rec["pid"])
+            proc = self._procs.pop(name, None)
+            if proc is not None:
+                proc.wait(timeout=30)
+            self._pid_file(name).unlink(missing_ok=True)
+
+    @staticmethod
+    def _terminate(pgid: int, grace: float = 20) -> None:
+        """SIGTERM the group ``pgid`` (a session leader we started), SIGKILL after ``grace`` s."""
+        try:
+            os.killpg(pgid, signal.SIGTERM)
+        except ProcessLookupError:
+            return
+        end = time.monotonic() + grace
+        while time.monotonic() < end:
+            try:
+                os.killpg(pgid, 0)
+            except ProcessLookupError:
+                return
+            if _start_ticks(pgid) is None:  # leader exited (maybe a zombie we reap later)
+                if not _group_members(pgid):
+                    return
+            time.sleep(0.2)
+        try:
+            os.killpg(pgid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+    # ------------------------------------------------------------ REST API
+    def token(self, username: str | None = None, password: str | None = None) -> str:
+        """A JWT from ``POST /auth/token``."""
+        status, body = _http(
+            "POST", f"{self.airflow_url}/auth/token",
+            {"username": username or self.username, "password": password or self.password},
+        )  # fmt: skip
+        if status not in (200, 201) or not isinstance(body, dict) or "access_token" not in body:
+            raise StackError(f"POST /auth/token answered {status}: {body}", status, body)
+        return body["access_token"]
+
+    def api(self, method: str, path: str, json=None) -> dict:
+        """``/api/v2{path}`` with a Bearer token; raises :class:`StackError` on HTTP >= 400."""
+        if self._token is None:
+            self._token = self.token()
+        url = f"{self.airflow_url}/api/v2/{path.lstrip('/')}"
+        status, body = _http(method, url, json, {"Authorization": f"Bearer {self._token}"})
+        if status == 401:  # expired: one fresh token
+            self._token = self.token()
+            status, body = _http(method, url, json, {"Authorization": f"Bearer {self._token}"})
+        if status >= 400:
+            raise StackError(f"{method} {path} answered {status}: {body}", status, body)
+        return body if body is not None else {}
+
+    def unpause(self, dag_id: str, deadline: float | None = None) -> None:
+        """Wait until the dag-processor stored ``dag_id``, then unpause it."""
+        deadline = deadline or time.monotonic() + 180
+        while True:
+            try:
+                self.api("PATCH", f"/dags/{dag_id}", {"is_paused": False})
+                return
+            except StackError as exc:
+                if exc.status != 404 or time.monotonic() > deadline:
+                    raise StackError(
+                        f"{dag_id} could not be unpaused: {exc}\n{self.log_tail('dag-processor')}", exc.status
+                    ) from exc
+            time.sleep(1)
+
+    def trigger(self, dag_id: str, conf: dict) -> str:
+        """Start a manual DAG run with ``conf``; returns its dag_run_id."""
+        body = self.api("POST", f"/dags/{dag_id}/dagRuns", {"logical_date": None, "conf": conf})
+        return body["dag_run_id"]
+
+    def wait_for_run(self, dag_id: str, run_id: str, timeout: float = 600) -> str:
+        """Poll the DAG run until it ends; returns its final state ("success" or "failed")."""
+        deadline = time.monotonic() + timeout
+        path = f"/dags/{dag_id}/dagRuns/{urllib.parse.quote(run_id, safe='')}"
+        while True:
+            state = self.api("GET", path)["state"]
+            if state in FINAL_STATES:
+                return state
+            if time.monotonic() > deadline:
+                raise StackError(f"{dag_id} run {run_id} still {state} after {timeout:.0f} s")
+            time.sleep(2)
+
+    # ------------------------------------------------------------- context
+    def __enter__(self) -> Stack:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    def describe(self) -> str:
+        return "\n".join([
+            f"Airflow UI   {self.airflow_url}   login: {self.username} / {self.password}",
+            f"MLflow UI    {self.mlflow_url}",
+            f"Logs         {self.log_dir}",
+            f"Stop with    make down   (or: {Path(sys.executable).name} -m bnpipe.stack down)",
+        ])  # fmt: skip
+
+
+def _group_members(pgid: int) -> list[int]:
+    """PIDs of live (non-zombie) processes in process group ``pgid``."""
+    out = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            text = stat.read_text()
+        except OSError:
+            continue
+        fields = text[text.rindex(")") + 2 :].split()
+        if fields[0] != "Z" and int(fields[2]) == pgid:
+            out.append(int(stat.parent.name))
+    return out
+
+
+# ------------------------------------------------------------------- CLI
+def _default_root() -> Path:
+    return settings.home() / "stack"
+
+
+def _cli_stack(args) -> Stack:
+    root = Path(args.root) if args.root else _default_root()
+    state = root / "stack.json"
+    known = json.loads(state.read_text()) if state.exists() else {}
+
+    def pick(given, stored, preferred):
+        if given:
+            return given
+        if stored:
+            return stored
+        return preferred if port_is_free(preferred) else free_port()
+
+    return Stack(
+        root,
+        airflow_port=pick(args.airflow_port, known.get("airflow_port"), 8080),
+        mlflow_port=pick(args.mlflow_port, known.get("mlflow_port"), 5000),
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bnpipe.stack", description=__doc__.splitlines()[0])
+    parser.add_argument("command", choices=["up", "down", "status"])
+    parser.add_argument("--root", help="state directory (default: $BNPIPE_HOME/stack)")
+    parser.add_argument("--airflow-port", type=int, help="default: 8080 if free, else a free port")
+    parser.add_argument("--mlflow-port", type=int, help="default: 5000 if free, else a free port")
+    parser.add_argument("--timeout", type=float, default=240)
+    args = parser.parse_args(argv)
+    stack = _cli_stack(args)
+    if args.command == "down":
+        names = stack.recorded()
+        stack.stop()
+        print(f"stopped: {', '.join(names) or 'nothing was running'}")
+        return 0
+    if args.command == "status":
+        running = {n: stack.alive(n) for n in stack.recorded()}
+        for name, ok in running.items():
+            print(f"{name:14} {'running' if ok else 'not running (stale PID file)'}")
+        if not running:
+            print("not running; start with `make up`")
+            return 1
+        print(json.dumps(stack.health()))
+        return 0
+    t0 = time.monotonic()
+    inbox = Path(stack.env.get("BNPIPE_INBOX") or Path(stack.env["BNPIPE_HOME"]) / "inbox")
+    inbox.mkdir(parents=True, exist_ok=True)
+    try:
+        stack.start(timeout=args.timeout, unpause=(EXPERIMENT_DAG, INBOX_DAG))
+    except StackError as exc:
+        print(f"make up failed: {exc}", file=sys.stderr)
+        return 1
+    print(f"bnpipe stack is up ({time.monotonic() - t0:.0f} s); Airflow and MLflow listen on {HOST} only.")
+    print(stack.describe())
+    print(f"Data drop    copy a csv/parquet into {inbox} to start an experiment")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

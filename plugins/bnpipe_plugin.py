@@ -1,0 +1,233 @@
+"""bnpipe's Airflow plugin: from a task to its MLflow run, and the comparison inside the Airflow UI.
+
+- Extra link **MLflow run** on the experiment DAG's ``train`` (one per mapped variant) and
+  ``compare`` tasks. It points at ``/bnpipe/mlflow-run``, which finds the run by its tags
+  (``bnpipe.dag_run_id``, ``bnpipe.map_index``) and redirects to the MLflow UI
+  (``BNPIPE_MLFLOW_UI_URL``, else ``MLFLOW_TRACKING_URI`` when it is a URL).
+- Tab **bnpipe results** on every DAG run page (and on the DAG page, for its latest run): the
+  ranked comparison, who holds ``champion`` and why, and the claims report (artifact ``report/``
+  of the parent run) when that run has one.
+
+The FastAPI app runs inside the api-server and asks for the same login as the UI (the session
+cookie or a Bearer token). Only the standard library, FastAPI and Airflow are imported here;
+MLflow is imported inside the functions that need it, TensorFlow never.
+"""
+
+from __future__ import annotations
+
+import html
+import os
+import urllib.parse
+
+from airflow.plugins_manager import AirflowPlugin
+from airflow.sdk import BaseOperatorLink
+from fastapi import Depends, FastAPI, HTTPException, Request
+from fastapi.responses import HTMLResponse, RedirectResponse
+
+EXPERIMENT_DAG = "bnpipe_experiment"
+LINKED_TASKS = ("train", "compare")
+PREFIX = "/bnpipe"
+
+
+# ------------------------------------------------------------------ MLflow lookups
+def _mlflow_ui() -> str:
+    ui = os.environ.get("BNPIPE_MLFLOW_UI_URL") or os.environ.get("MLFLOW_TRACKING_URI", "")
+    if not ui.startswith(("http://", "https://")):
+        raise HTTPException(503, "Set BNPIPE_MLFLOW_UI_URL to the MLflow UI's address (`make up` does).")
+    return ui.rstrip("/")
+
+
+def _run_url(experiment_id: str, run_id: str) -> str:
+    return f"{_mlflow_ui()}/#/experiments/{experiment_id}/runs/{run_id}"
+
+
+def _parent_run(dag_id: str, dag_run_id: str | None):
+    """The DAG run's MLflow parent run (the latest parent of ``dag_id`` if no run id), or None."""
+    from bnpipe import settings, tracking
+
+    client = tracking.connect(attempts=2)
+    exp = client.get_experiment_by_name(settings.experiment_name())
+    if exp is None:
+        return client, None
+    T = tracking.TAG
+    tags = {T + "dag_id": dag_id, T + "role": tracking.PARENT}
+    if dag_run_id:
+        tags[T + "dag_run_id"] = dag_run_id
+    found = tracking._find_runs(client, exp.experiment_id, tags)
+    found.sort(key=lambda r: r.info.start_time or 0, reverse=True)
+    return client, (found[0] if found else None)
+
+
+def task_run_url(dag_id: str, dag_run_id: str, task_id: str, map_index: int) -> str | None:
+    """MLflow UI URL of a task's run: the variant's nested run for ``train``, the parent otherwise."""
+    from bnpipe import tracking
+
+    client, parent = _parent_run(dag_id, dag_run_id)
+    if parent is None:
+        return None
+    if task_id != "train":
+        return _run_url(parent.info.experiment_id, parent.info.run_id)
+    T = tracking.TAG
+    key = {T + "parent_run_id": parent.info.run_id, T + "map_index": str(map_index)}
+    runs = tracking._find_runs(client, parent.info.experiment_id, key)
+    return _run_url(parent.info.experiment_id, runs[0].info.run_id) if runs else None
+
+
+# ------------------------------------------------------------------ the extra link
+class MlflowRunLink(BaseOperatorLink):
+    """Opens the MLflow run of a bnpipe training or compare task (through ``/bnpipe/mlflow-run``)."""
+
+    name = "MLflow run"
+
+    def get_link(self, operator, *, ti_key) -> str:
+        if ti_key.dag_id != EXPERIMENT_DAG or ti_key.task_id not in LINKED_TASKS:
+            return ""  # the UI shows no button for an empty link
+        from bnpipe import settings
+
+        query = urllib.parse.urlencode({
+            "dag_id": ti_key.dag_id,
+            "dag_run_id": ti_key.run_id,
+            "task_id": ti_key.task_id,
+            "map_index": ti_key.map_index,
+        })  # fmt: skip
+        return f"{settings.airflow_base_url()}{PREFIX}/mlflow-run?{query}"
+
+
+# ------------------------------------------------------------------ the FastAPI app
+async def require_login(request: Request) -> None:
+    """The UI's login: a Bearer token, else the UI's session cookie; 401/403 without one."""
+    from airflow.api_fastapi.auth.managers.base_auth_manager import COOKIE_NAME_JWT_TOKEN
+    from airflow.api_fastapi.core_api.security import resolve_user_from_token
+
+    auth = request.headers.get("authorization", "")
+    token = auth[7:] if auth.lower().startswith("bearer ") else request.cookies.get(COOKIE_NAME_JWT_TOKEN)
+    await resolve_user_from_token(token)
+
+
+app = FastAPI(title="bnpipe", dependencies=[Depends(require_login)])
+
+
+@app.get("/mlflow-run")
+def mlflow_run(dag_id: str, dag_run_id: str, task_id: str, map_index: int = -1):
+    """Redirect to the MLflow run of one task instance."""
+    url = task_run_url(dag_id, dag_run_id, task_id, map_index)
+    if url is None:
+        raise HTTPException(404, f"No MLflow run yet for {dag_id} / {dag_run_id} / {task_id}[{map_index}].")
+    return RedirectResponse(url, status_code=307)
+
+
+@app.get("/runs/{dag_id}/latest", response_class=HTMLResponse)
+def latest_results(dag_id: str):
+    """The results page of the DAG's latest run that reached MLflow."""
+    return HTMLResponse(_results_page(dag_id, None))
+
+
+@app.get("/runs/{dag_id}/{dag_run_id}", response_class=HTMLResponse)
+def run_results(dag_id: str, dag_run_id: str):
+    """Comparison table, champion decision and claims report of one DAG run."""
+    return HTMLResponse(_results_page(dag_id, dag_run_id))
+
+
+@app.get("/runs/{dag_id}/{dag_run_id}/report.html", response_class=HTMLResponse)
+def run_report(dag_id: str, dag_run_id: str):
+    """The claims report (``report/report.html`` of the parent run), as it was logged."""
+    client, parent = _parent_run(dag_id, None if dag_run_id == "latest" else dag_run_id)
+    text = _report_html(client, parent) if parent else None
+    if text is None:
+        raise HTTPException(404, "This run has no claims report (artifact report/report.html).")
+    return HTMLResponse(text)
+
+
+def _report_html(client, parent) -> str | None:
+    import tempfile
+    from pathlib import Path
+
+    names = {a.path for a in client.list_artifacts(parent.info.run_id, "report")}
+    if "report/report.html" not in names:
+        return None
+    with tempfile.TemporaryDirectory() as tmp:
+        return Path(client.download_artifacts(parent.info.run_id, "report/report.html", tmp)).read_text()
+
+
+STYLE = """
+body{font-family:system-ui,sans-serif;margin:16px;color:#1a202c}
+table{border-collapse:collapse;font-size:14px}td,th{border:1px solid #cbd5e0;padding:4px 8px;text-align:right}
+td:nth-child(2),th:nth-child(2),td:nth-child(3){text-align:left}tr.winner{background:#f0fff4;font-weight:600}
+.muted{color:#718096}iframe{width:100%;height:900px;border:1px solid #cbd5e0}
+"""
+COLUMNS = ("rank", "variant", "status", "val_accuracy", "val_loss", "test_accuracy", "train_seconds")
+
+
+def _cell(v) -> str:
+    if isinstance(v, float):
+        return f"{v:.4f}"
+    return html.escape("" if v is None else str(v))
+
+
+def _results_page(dag_id: str, dag_run_id: str | None) -> str:
+    from bnpipe.report import load_summary
+
+    e = html.escape
+    client, parent = _parent_run(dag_id, dag_run_id)
+    title = f"bnpipe results: {e(dag_id)} / {e(dag_run_id or 'latest run')}"
+    head = f"<!doctype html><html><head><meta charset='utf-8'><title>{title}</title><style>{STYLE}</style></head>"
+    if parent is None:
+        body = "<p>No MLflow run for this DAG run yet: the comparison appears once training has started.</p>"
+        return f"{head}<body><h2>{title}</h2>{body}</body></html>"
+    s = load_summary(parent_run_id=parent.info.run_id)
+    run_ids = {v["name"]: v["run_id"] for v in s["variants"]}
+    winner = (s.get("champion") or {}).get("variant")
+    rows = []
+    for r in s["table"]:
+        name = r.get("variant")
+        href = e(_run_url(s["experiment_id"], run_ids[name])) if name in run_ids else ""
+        link = f"<a href='{href}' target='_blank' rel='noopener'>{e(name)}</a>"
+        cells = [link if c == "variant" and name in run_ids else _cell(r.get(c)) for c in COLUMNS]
+        cls = " class='winner'" if name == winner else ""
+        rows.append(f"<tr{cls}>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
+    table = (
+        "<table id='comparison'><tr>" + "".join(f"<th>{c}</th>" for c in COLUMNS) + "</tr>" + "".join(rows) + "</table>"
+        if rows
+        else "<p>No variant has finished yet.</p>"
+    )
+    parts = [
+        f"<h2>{title}</h2>",
+        f"<p>MLflow parent run <a href='{e(_run_url(s['experiment_id'], s['parent_run_id']))}' target='_blank' "
+        f"rel='noopener'>{e(s['parent_run_id'])}</a> ({e(s['status'])}), ranked on <b>{e(s['metric'])}</b>.</p>",
+        table,
+    ]
+    champ = s.get("champion")
+    if champ:
+        verb = "now holds" if champ["alias_moved"] else "was registered; the alias did not move:"
+        parts.append(
+            f"<p id='champion'>Winner <b>{e(champ['variant'] or '')}</b>: {e(champ['model_name'])} version "
+            f"{champ['version']} {verb} <code>champion</code>. {e(champ.get('reason') or '')}</p>"
+        )
+    if s.get("failure"):
+        parts.append(f"<p><b>Failure:</b> {e(s['failure'])}</p>")
+    if _report_html(client, parent) is not None:
+        src = f"{urllib.parse.quote(parent.data.tags.get('bnpipe.dag_run_id', ''), safe='')}/report.html"
+        parts.append(f"<h3>Claims report</h3><iframe id='report' src='{e(src)}'></iframe>")
+    else:
+        parts.append("<p class='muted' id='no-report'>No claims report on this run (artifact report/).</p>")
+    return f"{head}<body>{''.join(parts)}</body></html>"
+
+
+class BnpipePlugin(AirflowPlugin):
+    name = "bnpipe"
+    global_operator_extra_links = [MlflowRunLink()]
+    fastapi_apps = [{"app": app, "url_prefix": PREFIX, "name": "bnpipe results"}]
+    external_views = [
+        {
+            "name": "bnpipe results",
+            "href": "bnpipe/runs/{DAG_ID}/{RUN_ID}",
+            "destination": "dag_run",
+            "url_route": "bnpipe-run-results",
+        },
+        {
+            "name": "bnpipe results (latest run)",
+            "href": "bnpipe/runs/{DAG_ID}/latest",
+            "destination": "dag",
+            "url_route": "bnpipe-latest-results",
+        },
+    ]

@@ -1,0 +1,46 @@
+"""The claims report's named grids and the run settings they bring."""
+
+import pytest
+
+from bnpipe import model, params, variants
+
+
+def test_grid_settings_fill_only_what_the_run_leaves_out():
+    p = params.validate({"grid": "textbook"})
+    assert (p["dataset"], p["epochs"], p["batch_size"]) == ("fashion_mnist", 10, 32)
+    p = params.validate({"grid": "textbook", "epochs": 2, "seeds": 1})
+    assert (p["epochs"], p["seeds"], p["dataset"]) == (2, 1, "fashion_mnist")
+    assert params.validate({"grid": "tabular-scales", "dataset": "wine"})["dataset"] == "wine"
+    assert params.validate({})["epochs"] == 5  # the default grid brings no settings
+
+
+def test_textbook_is_the_book_model_with_plain_sgd():
+    vs = variants.grid("textbook")
+    assert {(v.preprocessing, v.hidden_bn) for v in vs} == {
+        ("rescale", False), ("rescale_bn_first", True), ("bn_first", True),
+    }  # fmt: skip
+    assert all(v.hidden == (300, 100) and v.activation == "relu" and v.learning_rate == 1e-3 for v in vs)
+    opt = model.optimizer(vs[0])
+    assert vs[0].optimizer == "sgd_plain" and opt.momentum == 0.0
+    m = model.build_model(vs[1], [28, 28], 10)
+    kinds = [type(layer).__name__ for layer in m.layers]
+    assert kinds[:4] == ["InputLayer", "Flatten", "Rescaling", "BatchNormalization"]
+    assert m.get_layer("rescale").scale == pytest.approx(1 / 255)
+
+
+def test_tabular_and_deep_sigmoid_grids():
+    tab = variants.grid("tabular-scales", seeds=2)
+    assert {(v.preprocessing, v.bn_momentum) for v in tab} == {
+        ("none", 0.99), ("standard", 0.99), ("minmax", 0.99), ("bn_first", 0.99), ("bn_first", 0.9),
+    }  # fmt: skip
+    assert len(tab) == 10 and not any(v.hidden_bn for v in tab)
+    deep = variants.grid("deep-sigmoid")
+    assert all(len(v.hidden) >= 10 and v.activation == "sigmoid" for v in deep)
+    assert {(v.hidden_bn, v.initializer) for v in deep} == {
+        (False, "glorot_uniform"), (False, "he_normal"), (True, "glorot_uniform"), (True, "he_normal"),
+    }  # fmt: skip
+
+
+def test_config_name_strips_only_the_seed():
+    v = variants.Variant(preprocessing="bn_first", seed=3, learning_rate=0.5)
+    assert variants.config_name(v.name) == variants.Variant(preprocessing="bn_first", learning_rate=0.5).name
