@@ -6,7 +6,7 @@ STAMP := $(VENV)/.pins-$(shell sha256sum pyproject.toml | cut -c1-16)
 BIN := $(VENV)/bin
 export BNPIPE_HOME ?= $(CURDIR)/.bnpipe
 
-.PHONY: demo test setup system venv lint clean-state serve up down status
+.PHONY: demo test setup system venv lint clean-state serve up down status bench
 
 demo: setup
 	$(BIN)/bnpipe run --parallel
@@ -47,8 +47,12 @@ status:
 	$(BIN)/python -m bnpipe.stack status
 
 lint: venv
-	$(BIN)/ruff check bnpipe dags plugins tests
-	$(BIN)/ruff format --check bnpipe dags plugins tests
+	$(BIN)/ruff check bnpipe dags plugins tests benchmarks
+	$(BIN)/ruff format --check bnpipe dags plugins tests benchmarks
+
+# The benchmark suite (about 25 min on 2 cores): prints the table and writes BENCHMARKS.md.
+bench: venv
+	$(BIN)/python -m benchmarks
 
 clean-state:
 	rm -rf .bnpipe

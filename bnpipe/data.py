@@ -93,11 +93,16 @@ def ingest(req: IngestRequest, store: Path | None = None) -> dict:
     input_shape, classes, feature_names, notes, source_uri}``.
     """
     store = Path(store or settings.data_dir())
-    loaded = load(req)
-    digest = snapshot_digest(loaded, req)
+    if req.source == "synthetic" and not req.max_rows:
+        loaded, digest = _synthetic_header(req), _synthetic_digest(req)  # streamed: never whole in memory
+    else:
+        loaded = load(req)
+        digest = snapshot_digest(loaded, req)
     target = store / digest
     reused = (target / "meta.json").exists()
-    if not reused:
+    if not reused and loaded.X is None:
+        _store_snapshot(target, loaded, req, digest, lambda tmp: _write_synthetic_chunks(tmp, req, loaded))
+    elif not reused:
         splits = split(loaded, req)
         _write_snapshot(target, splits, loaded, req, digest)
     meta = read_meta(target)
@@ -207,12 +212,65 @@ def synthetic_block(rows: int, seed: int, start: int = 0):
     return X, y
 
 
-def _load_synthetic(rows: int, seed: int) -> Loaded:
-    if rows < 20:
-        raise DataError(f"synthetic source: rows={rows} is too few; ask for at least 20")
-    X, y = synthetic_block(rows, seed)
+def _synthetic_header(req: IngestRequest) -> Loaded:
+    """The synthetic set's classes and feature names, without its rows (``X`` and ``y`` are None)."""
+    if req.rows < 20:
+        raise DataError(f"synthetic source: rows={req.rows} is too few; ask for at least 20")
     names = [f"scale_1e{e}" for e in range(-3, 5)]
-    return Loaded(X, y, ["0", "1"], names, f"synthetic://rows={rows}&seed={seed}")
+    return Loaded(None, None, ["0", "1"], names, f"synthetic://rows={req.rows}&seed={req.seed}")
+
+
+def _load_synthetic(rows: int, seed: int) -> Loaded:
+    head = _synthetic_header(IngestRequest(source="synthetic", rows=rows, seed=seed))
+    head.X, head.y = synthetic_block(rows, seed)
+    return head
+
+
+# Rows generated, split and written at a time: ingest holds one chunk in memory, not the data set.
+SYNTHETIC_CHUNK = 1 << 18
+
+
+def _synthetic_digest(req: IngestRequest) -> str:
+    """The rows follow from (rows, seed) and the chunking, so the digest needs no pass over the data."""
+    spec = {
+        "source": "synthetic", "generator": "synthetic_block", "chunk": SYNTHETIC_CHUNK, "rows": req.rows,
+        "seed": req.seed, "val": req.val_fraction, "test": req.test_fraction,
+    }  # fmt: skip
+    return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _write_synthetic_chunks(tmp: Path, req: IngestRequest, head: Loaded) -> dict:
+    """Generate, split (stratified within each chunk) and append chunk after chunk to raw files, then
+    give each file its ``.npy`` header. A snapshot with more than one chunk differs from the
+    in-memory split only in which rows fall into which split; one chunk gives the same split."""
+    import numpy as np
+
+    starts = list(range(0, max(1, req.rows // SYNTHETIC_CHUNK) * SYNTHETIC_CHUNK, SYNTHETIC_CHUNK))
+    bounds = zip(starts, starts[1:] + [req.rows])  # the last chunk takes the remainder
+    files = {f"{a}_{s}": open(tmp / f"{a}_{s}.raw", "wb") for a in "Xy" for s in SPLITS}  # noqa: SIM115
+    counts, dtypes = dict.fromkeys(SPLITS, 0), {}
+    try:
+        for start, stop in bounds:
+            X, y = synthetic_block(stop - start, req.seed, start)
+            chunk = Loaded(X, y, head.classes, head.feature_names, head.source_uri)
+            for name, (Xs, ys) in split(chunk, req).items():
+                np.ascontiguousarray(Xs).tofile(files[f"X_{name}"])
+                np.ascontiguousarray(ys).tofile(files[f"y_{name}"])
+                counts[name] += len(ys)
+                dtypes.update(X=Xs.dtype, y=ys.dtype)
+    finally:
+        for fh in files.values():
+            fh.close()
+    for key in files:
+        kind, name = key.split("_", 1)
+        shape = (counts[name], len(head.feature_names)) if kind == "X" else (counts[name],)
+        raw = tmp / f"{key}.raw"
+        with open(tmp / f"{key}.npy", "wb") as out, open(raw, "rb") as src:
+            header = {"descr": np.lib.format.dtype_to_descr(dtypes[kind]), "fortran_order": False, "shape": shape}
+            np.lib.format.write_array_header_1_0(out, header)
+            shutil.copyfileobj(src, out, 1 << 24)
+        raw.unlink()
+    return {"counts": counts, "input_shape": [len(head.feature_names)], "dtype": str(dtypes["X"])}
 
 
 def resolve_location(loc: str, max_bytes: int = DEFAULT_MAX_BYTES, param: str = "data_path") -> str:
@@ -431,27 +489,40 @@ def split(loaded: Loaded, req: IngestRequest) -> dict:
 def _write_snapshot(target: Path, splits: dict, loaded: Loaded, req: IngestRequest, digest: str) -> None:
     import numpy as np
 
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{digest}-", dir=target.parent))
-    try:
+    def write(tmp: Path) -> dict:
         for name, (X, y) in splits.items():
             np.save(tmp / f"X_{name}.npy", np.ascontiguousarray(X))
             np.save(tmp / f"y_{name}.npy", np.ascontiguousarray(y))
         X_tr = splits["train"][0]
+        counts = {name: int(len(y)) for name, (_, y) in splits.items()}
+        return {"counts": counts, "input_shape": list(X_tr.shape[1:]), "dtype": str(X_tr.dtype)}
+
+    _store_snapshot(target, loaded, req, digest, write)
+
+
+def _store_snapshot(target: Path, loaded: Loaded, req: IngestRequest, digest: str, write) -> None:
+    """``write(tmp)`` stores the split files in a temporary directory and returns their counts, input
+    shape and dtype; then ``meta.json`` is added and the directory renamed into place."""
+    import math
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{digest}-", dir=target.parent))
+    try:
+        stored = write(tmp)
         meta = {
             "digest": digest,
             "dataset": dataset_name(req),
             "source_uri": loaded.source_uri,
             "request": asdict(req),
-            "n_train": int(len(splits["train"][1])),
-            "n_val": int(len(splits["val"][1])),
-            "n_test": int(len(splits["test"][1])),
-            "input_shape": list(X_tr.shape[1:]),
-            "n_features": int(np.prod(X_tr.shape[1:])),
+            "n_train": stored["counts"]["train"],
+            "n_val": stored["counts"]["val"],
+            "n_test": stored["counts"]["test"],
+            "input_shape": stored["input_shape"],
+            "n_features": int(math.prod(stored["input_shape"])),
             "n_classes": len(loaded.classes),
             "classes": loaded.classes,
             "feature_names": loaded.feature_names,
-            "dtype": str(X_tr.dtype),
+            "dtype": stored["dtype"],
             "notes": loaded.notes,
         }
         (tmp / "meta.json").write_text(json.dumps(meta, indent=2))

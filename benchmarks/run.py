@@ -1,0 +1,331 @@
+"""The benchmark suite's driver: runs every row side by side and writes ``BENCHMARKS.md``.
+
+Each row is a ratio (or a time) measured in this one run, with interleaved repetitions; the
+table shows the median with min and max. ``--smoke`` runs the same code on tiny sizes (used by
+``tests/test_benchmarks_smoke.py``); its numbers mean nothing beyond "the harness works".
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import shutil
+import sys
+import tempfile
+import time
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from importlib import metadata
+from pathlib import Path
+
+from benchmarks import grid, ingest
+from benchmarks.common import ROOT, child_env, run_module, summary
+
+SIZES = {
+    "full": {
+        "reps": 3,
+        "trainer": {"max_rows": 12000, "epochs": 4, "batch_size": 32},
+        # the default grid's design-notes model, he_normal only: 4 variants
+        "grid": {"max_rows": 6000, "epochs": 3, "batch_size": 32, "axes": {"initializer": ["he_normal"]}},
+        "parallel_reps": 2,
+        "synthetic": [100_000, 1_000_000, 10_000_000],
+        "ingest_reps": 2,
+        "fashion_max_rows": None,
+        "peak": {},
+    },
+    "smoke": {
+        "reps": 1,
+        "trainer": {"max_rows": 600, "epochs": 3, "batch_size": 32},
+        "grid": {
+            "max_rows": 300,
+            "epochs": 1,
+            "batch_size": 32,
+            "hidden": [16],
+            "axes": {"preprocessing": ["bn_first", "standard"], "initializer": ["he_normal"], "clipping": ["none"]},
+        },  # fmt: skip
+        "parallel_reps": 1,
+        "synthetic": [1_000, 10_000, 100_000],
+        "ingest_reps": 1,
+        "fashion_max_rows": 600,
+        "peak": {"n": 512, "trials": 1, "per_trial": 2},
+    },
+}
+
+
+@contextmanager
+def _env(**values):
+    old = {k: os.environ.get(k) for k in values}
+    os.environ.update({k: str(v) for k, v in values.items()})
+    try:
+        yield
+    finally:
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def machine() -> dict:
+    cpuinfo = Path("/proc/cpuinfo").read_text().splitlines()
+    meminfo = Path("/proc/meminfo").read_text().splitlines()
+    cpu = next((line.split(":", 1)[1].strip() for line in cpuinfo if "model name" in line), platform.processor())
+    mem = next((int(line.split()[1]) // 1024 for line in meminfo if "MemTotal" in line), None)
+    versions = {p: metadata.version(p) for p in ("tensorflow-cpu", "keras", "mlflow", "apache-airflow", "numpy")}
+    return {
+        "cpu": cpu, "cores": os.cpu_count(), "mem_mib": mem, "os": platform.platform(),
+        "python": sys.version.split()[0], **versions,
+    }  # fmt: skip
+
+
+def _row(rid, what, values, unit, target=None, ok=None, digits=2):
+    stats = summary(values)
+    return {"id": rid, "what": what, "stats": stats, "unit": unit, "target": target, "ok": ok, "digits": digits}
+
+
+def _check(values, test) -> bool | None:
+    med = summary(values)["median"]
+    return None if med is None else bool(test(med))
+
+
+def trainer_rows(res: dict) -> list[dict]:
+    reps = res["reps"]
+    t, off, plain = ([r[a] for r in reps] for a in ("trainer", "trainer_noinst", "plain"))
+    speed = [a["samples_per_second"] / b["samples_per_second"] for a, b in zip(t, plain)]
+    whole = [b["fit_seconds"] / a["fit_seconds"] for a, b in zip(t, plain)]
+    inst = [100 * (b["samples_per_second"] / a["samples_per_second"] - 1) for a, b in zip(t, off)]
+    peak = [r["peak_gflops"] for r in reps]
+    frac = [a["gflops"] / r["peak_gflops"] for a, r in zip(t, reps)]
+    frac_plain = [b["gflops"] / r["peak_gflops"] for b, r in zip(plain, reps)]
+    return [
+        _row("1a", "trainer (MLflow + instrumentation on) / plain `fit`, samples/s per epoch", speed, "x",
+             ">= 2.5", _check(speed, lambda m: m >= 2.5)),
+        _row("1b", "  trainer samples/s", [a["samples_per_second"] for a in t], "samples/s", digits=0),
+        _row("1c", "  plain `fit` samples/s (Keras defaults)", [b["samples_per_second"] for b in plain], "samples/s",
+             digits=0),
+        _row("1d", "trainer / plain, whole `fit` call incl. tracing and XLA compile", whole, "x"),
+        _row("1e", "instrumentation's cost (instrument on vs. off, samples/s)", inst, "%", "< 5",
+             _check(inst, lambda m: m < 5), 1),
+        _row("2a", "fp32 matmul peak (tf.matmul 2048^2)", peak, "GFLOP/s", digits=1),
+        _row("2b", "trainer achieved (Dense FLOPs, fwd+bwd x3, + validation fwd)", [a["gflops"] for a in t],
+             "GFLOP/s", digits=1),
+        _row("2c", "trainer fraction of peak", [100 * f for f in frac], "%", digits=1),
+        _row("2d", "plain `fit` fraction of peak", [100 * f for f in frac_plain], "%", digits=1),
+    ]  # fmt: skip
+
+
+def mlflow_rows(res: dict, par: dict) -> list[dict]:
+    per_variant = [r["trainer"]["mlflow_seconds"] for r in res["reps"]]
+    per_variant += [t["mlflow_seconds"] for runs in par.values() for run in runs for t in run["tasks"]]
+    share = [r["trainer"]["mlflow_seconds"] / r["trainer"]["fit_seconds"] for r in res["reps"]]
+    share += [t["mlflow_seconds"] / t["train_seconds"] for runs in par.values() for run in runs for t in run["tasks"]]
+    full = [r["registry"]["full_model_seconds"] for r in res["reps"]]
+    registry = [r["registry"]["registry_seconds"] for r in res["reps"]]
+    return [
+        _row("3a", "MLflow per variant: params, metrics, dataset, compact model.keras (save + upload)", per_variant,
+             "s", "< 0.5", _check(per_variant, lambda m: m < 0.5)),
+        _row("3b", "  MLflow per variant / its training time", [100 * s for s in share], "%", digits=1),
+        _row("3c", "winner only: full MLflow pyfunc model (once per DAG run)", full, "s"),
+        _row("3d", "winner only: registry (version, alias, model card)", registry, "s"),
+    ]  # fmt: skip
+
+
+def grid_rows(e2e: dict, par: dict, levels: list[int]) -> tuple[list[dict], int]:
+    dag, script = e2e["dag"], e2e["script"]
+    ratio = [d["wall_seconds"] / s["wall_seconds"] for d, s in zip(dag, script)]
+    rows = [
+        _row("4a", "DAG under the scheduler / sequential script with autolog, wall time", ratio, "x", "<= 0.8",
+             _check(ratio, lambda m: m <= 0.8)),
+        _row("4b", "  DAG run, trigger to end", [d["wall_seconds"] for d in dag], "s", digits=1),
+        _row("4c", "  script, process start to exit", [s["wall_seconds"] for s in script], "s", digits=1),
+    ]  # fmt: skip
+    base = [r["wall_seconds"] for r in par[str(levels[0])]]
+    best, best_wall = levels[0], summary(base)["median"]
+    for c in levels[1:]:
+        walls = [r["wall_seconds"] for r in par[str(c)]]
+        speedup = [b / w for b, w in zip(base, walls)]
+        rows.append(_row(f"5-{c}", f"speedup with {c} training tasks at once (vs. 1)", speedup, "x"))
+        if summary(walls)["median"] < best_wall:
+            best, best_wall = c, summary(walls)["median"]
+    rows.append(_row("5-1", "  grid wall time with 1 task at a time", base, "s", digits=1))
+    over = [d["overhead_seconds"] for d in dag]
+    rows += [
+        _row("7a", "orchestration overhead per DAG run (wall - time inside `fit`)", over, "s", "< 5",
+             _check(over, lambda m: m < 5), 1),
+        _row("7b", "  trigger to first task running", [d["trigger_to_first_task_seconds"] for d in dag], "s", digits=1),
+        _row("7c", "  queued to running, summed over tasks", [d["queued_seconds_total"] for d in dag], "s", digits=1),
+        _row("7d", "  train task start to `fit` start (process, imports, data, MLflow run), median",
+             [d["task_startup_seconds_median"] for d in dag], "s", digits=1),
+        _row("7e", "  compare task (rank, full model, registry, report)", [d["compare_seconds"] for d in dag], "s",
+             digits=1),
+    ]  # fmt: skip
+    return rows, best
+
+
+def ingest_rows(res: dict, sizes: list[int]) -> list[dict]:
+    cold, cached = res["fashion_cold"], res["fashion_cached"]
+    small, mid, big = (res["synthetic"][str(n)] for n in sizes)
+    factor = sizes[2] / sizes[1]
+    t_growth = [b["seconds"] / a["seconds"] for a, b in zip(mid, big)]
+    m_growth = [b["peak_above_baseline"] / max(a["peak_above_baseline"], 1) for a, b in zip(mid, big)]
+    copies = [b["peak_above_baseline"] / ingest.data_bytes(b["rows"], b["n_features"]) for b in big]
+    mib = 1024 * 1024
+    rows = [
+        _row("6a", "Fashion-MNIST ingest, cold", [r["seconds"] for r in cold], "s"),
+        _row("6b", "Fashion-MNIST ingest, cached (snapshot reused)", [r["seconds"] for r in cached], "s"),
+    ]
+    for n, runs in zip(sizes, (small, mid, big)):
+        rows.append(_row(f"6-{n:.0e}", f"synthetic {n:.0e} rows: time", [r["seconds"] for r in runs], "s"))
+        rows.append(_row(f"6-{n:.0e}m", f"synthetic {n:.0e} rows: peak RSS above baseline",
+                         [r["peak_above_baseline"] / mib for r in runs], "MiB", digits=0))  # fmt: skip
+    rows += [
+        _row("6c", f"time growth {sizes[1]:.0e} -> {sizes[2]:.0e} rows", t_growth, "x", f"<= {factor:.0f} (linear)",
+             _check(t_growth, lambda m: m <= factor)),
+        _row("6d", f"peak-RSS growth {sizes[1]:.0e} -> {sizes[2]:.0e} rows", m_growth, "x",
+             f"<= {factor:.0f} (linear)", _check(m_growth, lambda m: m <= factor)),
+        _row("6e", f"peak RSS above baseline at {sizes[2]:.0e} rows / one copy of the data", copies, "copies",
+             "<= 1", _check(copies, lambda m: m <= 1)),
+    ]  # fmt: skip
+    return rows
+
+
+def _fmt(v, digits):
+    return "-" if v is None else f"{v:,.{digits}f}"
+
+
+def table(rows: list[dict]) -> str:
+    lines = ["| # | measurement | median | min | max | unit | target | met |", "|---|---|---:|---:|---:|---|---|---|"]
+    for r in rows:
+        s, d = r["stats"], r["digits"]
+        met = {True: "yes", False: "**MISSED**", None: ""}[r["ok"]] if r["target"] else ""
+        lines.append(
+            f"| {r['id']} | {r['what']} | {_fmt(s['median'], d)} | {_fmt(s['min'], d)} | {_fmt(s['max'], d)} "
+            f"| {r['unit']} | {r['target'] or ''} | {met} |"
+        )
+    return "\n".join(lines)
+
+
+def _command(argv: list[str]) -> str:
+    exe = Path(sys.executable)
+    try:
+        py = str(exe.relative_to(Path.cwd()))
+    except ValueError:
+        py = "python"
+    return " ".join([py, "-m", "benchmarks", *argv])
+
+
+def run(mode: str = "full", stack=None, out: Path | None = None, argv: list[str] | None = None, log=print) -> dict:
+    """Run every row; returns ``{"rows": [...], "markdown": str, "raw": {...}}`` and writes ``out``."""
+    from bnpipe import data
+    from bnpipe import params as spec
+    from bnpipe.stack import EXPERIMENT_DAG, Stack
+
+    size = SIZES[mode]
+    cores = os.cpu_count() or 1
+    levels = sorted({1, 2, cores, 2 * cores}) if mode == "full" else [1, 2]
+    started = time.monotonic()
+    load_before = os.getloadavg()
+
+    def say(msg: str) -> None:
+        log(f"[{time.monotonic() - started:5.0f} s] {msg}")
+
+    work = Path(tempfile.mkdtemp(prefix="bnpipe-bench-"))
+    own_stack = stack is None
+    try:
+        if own_stack:
+            home = work / "home"
+            stack = Stack(work / "stack", extra_env={"BNPIPE_HOME": str(home), "BNPIPE_SCHEDULE": ""})
+            say("starting the Airflow + MLflow stack ...")
+            stack.start(timeout=600, unpause=(EXPERIMENT_DAG,))
+        home = Path(stack.env["BNPIPE_HOME"])
+        store = home / "snapshots"
+        raw: dict = {"machine": machine(), "mode": mode}
+        with _env(MLFLOW_TRACKING_URI=stack.mlflow_url, BNPIPE_HOME=home, BNPIPE_EXPERIMENT="bnpipe-bench"):
+            # Rows 1-3: one process, all cores for every arm.
+            snap = data.ingest(data.IngestRequest(source="fashion_mnist", max_rows=size["trainer"]["max_rows"]), store)
+            cfg = {
+                **{k: size["trainer"][k] for k in ("epochs", "batch_size")}, "snapshot": snap, "threads": cores,
+                "variant": {"preprocessing": "bn_first", "initializer": "he_normal"}, "reps": size["reps"],
+                "peak": size["peak"],
+            }  # fmt: skip
+            say(f"rows 1-3: trainer vs. plain fit, {size['reps']} interleaved repetitions ...")
+            env = child_env({"MLFLOW_TRACKING_URI": stack.mlflow_url, "BNPIPE_EXPERIMENT": "bnpipe-bench"})
+            import json
+
+            raw["trainer"] = run_module("benchmarks.trainer", ["compare", "--config", json.dumps(cfg)], env)
+
+            # Rows 4, 5, 7: the same grid for the DAG, the script and the parallel tasks.
+            g = size["grid"]
+            conf = {"dataset": "fashion_mnist", "grid": "default", "max_rows": g["max_rows"], "epochs": g["epochs"],
+                    "batch_size": g["batch_size"], "axes": g["axes"]}  # fmt: skip
+            if g.get("hidden"):
+                conf["hidden"] = g["hidden"]
+            params = spec.validate(conf)
+            variants = spec.variant_dicts(params)
+            gsnap = data.ingest(spec.ingest_request(params), store)  # the DAG's ingest finds it cached
+            say(f"rows 4, 7: DAG vs. script over {len(variants)} variants, {size['reps']} repetitions ...")
+            raw["e2e"] = grid.end_to_end(stack, conf, gsnap, variants, size["reps"])
+            say(f"row 5: {len(variants)} training tasks at {levels} at once ...")
+            raw["parallel"] = grid.parallel(stack, params, gsnap, variants, levels, size["parallel_reps"], work)
+        say(f"row 6: ingest at {size['synthetic']} rows and Fashion-MNIST ...")
+        raw["ingest"] = ingest.run(size["synthetic"], size["ingest_reps"], size["fashion_max_rows"], work / "ingest")
+    finally:
+        if own_stack and stack is not None:
+            stack.stop()
+        shutil.rmtree(work, ignore_errors=True)
+
+    rows = trainer_rows(raw["trainer"]) + mlflow_rows(raw["trainer"], raw["parallel"])
+    g_rows, best = grid_rows(raw["e2e"], raw["parallel"], levels)
+    rows += g_rows + ingest_rows(raw["ingest"], size["synthetic"])
+    rows.sort(key=lambda r: r["id"][0])  # by row number, stable within
+    minutes = (time.monotonic() - started) / 60
+    m = raw["machine"]
+    tr = raw["trainer"]
+    md = "\n".join([
+        "# bnpipe benchmarks",
+        "",
+        "Generated by the command below; every number comes from that one run (`benchmarks/`). Each row",
+        "is measured side by side with interleaved repetitions: median, min and max over them.",
+        "",
+        f"- **Command**: `{_command(argv or [])}` ({mode} mode, {minutes:.1f} min)",
+        f"- **Date**: {datetime.now(UTC):%Y-%m-%d %H:%M} UTC",
+        f"- **Machine**: {m['cpu']}, {m['cores']} cores, {m['mem_mib']} MiB RAM; {m['os']}",
+        f"- **Software**: Python {m['python']}, tensorflow-cpu {m['tensorflow-cpu']}, keras {m['keras']}, "
+        f"mlflow {m['mlflow']}, apache-airflow {m['apache-airflow']}, numpy {m['numpy']}",
+        f"- **Load average** (1/5/15 min) at start {'/'.join(f'{x:.2f}' for x in load_before)}, at end "
+        f"{'/'.join(f'{x:.2f}' for x in os.getloadavg())}: other work shared the cores, hence the ranges.",
+        f"- **Rows 1-3**: Fashion-MNIST, stratified subsample `max_rows={size['trainer']['max_rows']}` "
+        f"({tr['n_train']} train / {tr['n_val']} val rows), variant `{tr['variant']}` (the design notes' MLP, "
+        f"{tr['forward_flops_per_sample']:,} forward FLOPs per sample), batch {tr['batch_size']}, "
+        f"{tr['epochs']} epochs, {tr['threads']} TensorFlow threads for every arm; samples/s from the steady-state "
+        "epochs (epoch-end to epoch-end, after the first), MLflow server over HTTP.",
+        f"- **Rows 4, 5, 7**: Fashion-MNIST `max_rows={size['grid']['max_rows']}`, {len(variants)} variants of the "
+        f"`default` grid (axes {json.dumps(size['grid']['axes'])}), {size['grid']['epochs']} epochs, batch "
+        f"{size['grid']['batch_size']}. Row 5 runs the training tasks as processes, {size['parallel_reps']} "
+        "repetitions per level.",
+        "- **Row 6**: one fresh process per ingest; peak RSS from `wait4`, above the process's RSS after its imports.",
+        "",
+        table(rows),
+        "",
+        f"Row 5: the fastest level was {best} training task(s) at once; the default "
+        f"(`BNPIPE_TRAIN_CONCURRENCY`) is one per core, {cores} here.",
+        "",
+    ])  # fmt: skip
+    if out:
+        Path(out).write_text(md)
+    return {"rows": rows, "markdown": md, "raw": raw, "best_concurrency": best}
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.splitlines()[0])
+    parser.add_argument("--smoke", action="store_true", help="tiny sizes: checks the harness, not the numbers")
+    parser.add_argument("--out", default=None, help="Markdown file (default: BENCHMARKS.md; none with --smoke)")
+    args = parser.parse_args(argv)
+    out = Path(args.out) if args.out else (None if args.smoke else ROOT / "BENCHMARKS.md")
+    result = run("smoke" if args.smoke else "full", out=out, argv=argv)
+    print(table(result["rows"]))
+    if out:
+        print(f"\nwritten to {out}")
+    return 0

@@ -1,0 +1,41 @@
+"""The benchmark harness on tiny sizes: it must keep producing every row, with numbers.
+
+Not a timed test: the numbers are not checked against the targets, only that each row was
+measured. Uses the session's real stack (``live_stack``), as the end-to-end tests do.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/ sits next to bnpipe/
+from benchmarks import run as bench  # noqa: E402
+
+pytestmark = pytest.mark.integration
+
+EXPECTED = {
+    "1a", "1b", "1c", "1d", "1e", "2a", "2b", "2c", "2d", "3a", "3b", "3c", "3d", "4a", "4b", "4c",
+    "5-1", "5-2", "6a", "6b", "6c", "6d", "6e", "7a", "7b", "7c", "7d", "7e",
+}  # fmt: skip
+
+
+def test_smoke_run_has_every_row_with_numbers(live_stack, tmp_path):
+    out = tmp_path / "BENCHMARKS.md"
+    result = bench.run("smoke", stack=live_stack, out=out, argv=["--smoke"])
+    rows = {r["id"]: r for r in result["rows"]}
+    assert EXPECTED <= set(rows), f"missing rows: {sorted(EXPECTED - set(rows))}"
+    for rid, row in rows.items():
+        s = row["stats"]
+        assert s["n"] >= 1 and all(math.isfinite(s[k]) for k in ("median", "min", "max")), (rid, s)
+        assert s["min"] <= s["median"] <= s["max"], (rid, s)
+    # the measured quantities are physical: positive times, rates and peaks
+    for rid in ("1b", "1c", "2a", "2b", "3a", "4b", "4c", "5-1", "6a", "6b"):
+        assert rows[rid]["stats"]["median"] > 0, rid
+    text = out.read_text()
+    for rid, row in rows.items():
+        assert f"| {rid} | {row['what']} |" in text
+    assert "python -m benchmarks --smoke" in text and "Load average" in text
