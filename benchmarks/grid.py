@@ -111,22 +111,24 @@ def end_to_end(stack, conf: dict, snapshot: dict, variants: list[dict], reps: in
 
 
 def _pool(jobs: list[tuple[list[str], dict, Path]], concurrency: int) -> float:
-    """Run the commands with at most ``concurrency`` at once; wall seconds until the last ends."""
+    """Run the commands with at most ``concurrency`` at once; wall seconds until the last ends.
+
+    Each job's stderr goes to ``<its out file>.log`` (a pipe could fill up and block it)."""
     pending, running = list(jobs), []
     t0 = time.perf_counter()
     while pending or running:
         while pending and len(running) < concurrency:
             cmd, env, out = pending.pop(0)
-            proc = subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-            running.append((proc, cmd))
+            with open(out.with_suffix(".log"), "wb") as err:
+                proc = subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=err)
+            running.append((proc, out))
         for item in list(running):
-            proc, cmd = item
+            proc, out = item
             if proc.poll() is not None:
-                err = proc.stderr.read().decode(errors="replace")
-                proc.stderr.close()
                 running.remove(item)
                 if proc.returncode != 0:
-                    raise RuntimeError(f"training task failed ({proc.returncode}):\n{err[-3000:]}")
+                    log = out.with_suffix(".log").read_text(errors="replace")
+                    raise RuntimeError(f"training task failed ({proc.returncode}):\n{log[-3000:]}")
         time.sleep(0.05)
     return time.perf_counter() - t0
 

@@ -25,7 +25,7 @@ from benchmarks.common import ROOT, child_env, run_module, summary
 SIZES = {
     "full": {
         "reps": 3,
-        "trainer": {"max_rows": 12000, "epochs": 4, "batch_size": 32},
+        "trainer": {"max_rows": 30000, "epochs": 4, "batch_size": 32},
         # the default grid's design-notes model, he_normal only: 4 variants
         "grid": {"max_rows": 6000, "epochs": 3, "batch_size": 32, "axes": {"initializer": ["he_normal"]}},
         "parallel_reps": 2,

@@ -60,6 +60,21 @@ class _KeepState:
         return False
 
 
+def _compiled(model, key, build):
+    """``build()``'s function, made once per model and purpose and traced by ``tf.function``: an eager
+    call of a Keras model costs tens of milliseconds, which at every epoch end added up to ~20% of
+    an epoch (cProfile, benchmarks row 1e). Kept on the model, so it goes away with it."""
+    import tensorflow as tf
+
+    cache = model.__dict__.get("_bnpipe_compiled")
+    if cache is None:
+        cache = {}
+        object.__setattr__(model, "_bnpipe_compiled", cache)  # bypass Keras' attribute tracking
+    if key not in cache:
+        cache[key] = tf.function(build())
+    return cache[key]
+
+
 def layer_grad_norms(model, x, y) -> dict[str, float]:
     """L2 norm of the loss gradient w.r.t. each Dense layer's weights (kernel and bias), in train mode.
 
@@ -72,11 +87,18 @@ def layer_grad_norms(model, x, y) -> dict[str, float]:
 
     layers = dense_layers(model)
     weights = [w for layer in layers for w in layer.trainable_weights]
+
+    def build():
+        def grads_of(x, y):
+            with tf.GradientTape() as tape:
+                probs = model(x, training=True)
+                loss = keras.ops.mean(keras.losses.sparse_categorical_crossentropy(y, probs))
+            return tape.gradient(loss, weights)
+
+        return grads_of
+
     with _KeepState(model):
-        with tf.GradientTape() as tape:
-            probs = model(x, training=True)
-            loss = keras.ops.mean(keras.losses.sparse_categorical_crossentropy(y, probs))
-        grads = tape.gradient(loss, weights)
+        grads = _compiled(model, "grads", build)(x, y)
     out, i = {}, 0
     for layer in layers:
         n = len(layer.trainable_weights)
@@ -105,8 +127,12 @@ def dead_unit_fractions(model, x) -> dict[str, float]:
     layers = [layer for layer in dense_layers(model)[:-1] if layer.activation.__name__ in RELU_FAMILY]
     if not layers:
         return {}
-    probe = keras.Model(model.input, [layer.input for layer in layers])
-    inputs = probe(x, training=False)
+
+    def build():
+        probe = keras.Model(model.input, [layer.input for layer in layers])
+        return lambda x: probe(x, training=False)
+
+    inputs = _compiled(model, "dead_probe", build)(x)
     inputs = inputs if isinstance(inputs, list | tuple) else [inputs]
     out = {}
     for layer, inp in zip(layers, inputs):
@@ -134,13 +160,19 @@ def bn_stats_row(moving_mean, moving_var, true_mean, true_var) -> dict[str, floa
 def mode_accuracies(model, x, y, batch_size: int) -> tuple[float, float]:
     """(train-mode, inference-mode) accuracy on ``x``: batch statistics per mini-batch vs. moving statistics."""
     import numpy as np
+    import tensorflow as tf
 
-    infer = np.argmax(np.asarray(model(x, training=False)), axis=-1)
+    def build():
+        def both(x):  # inference first: the train-mode calls update the moving statistics
+            infer = model(x, training=False)
+            parts = [model(x[i : i + batch_size], training=True) for i in range(0, x.shape[0], batch_size)]
+            return infer, tf.concat(parts, axis=0)
+
+        return both
+
     with _KeepState(model):
-        train = np.concatenate([
-            np.argmax(np.asarray(model(x[i : i + batch_size], training=True)), axis=-1)
-            for i in range(0, len(x), batch_size)
-        ])  # fmt: skip
+        infer, train = _compiled(model, ("modes", batch_size), build)(np.asarray(x, dtype="float32"))
+    infer, train = np.argmax(np.asarray(infer), axis=-1), np.argmax(np.asarray(train), axis=-1)
     return float(np.mean(train == y)), float(np.mean(infer == y))
 
 

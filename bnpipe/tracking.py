@@ -25,6 +25,22 @@ class TrackingError(RuntimeError):
     """The tracking server cannot be reached or refused a request."""
 
 
+def _probe(client, uri: str, timeout: float = 5.0) -> None:
+    """One quick request: a server's /health endpoint, or a query against a local store.
+
+    MLflow's own HTTP client retries a dead server for minutes; probing with a short timeout
+    first lets ``connect`` apply its own, shorter backoff and fail with a clear message.
+    """
+    if uri.startswith(("http://", "https://")):
+        import urllib.request
+
+        opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+        with opener.open(uri.rstrip("/") + "/health", timeout=timeout) as resp:
+            resp.read()
+    else:
+        client.search_experiments(max_results=1)
+
+
 def connect(uri: str | None = None, attempts: int = 4, first_wait: float = 1.0):
     """An ``MlflowClient`` whose server answered; retries with exponential backoff."""
     from mlflow.tracking import MlflowClient
@@ -34,7 +50,7 @@ def connect(uri: str | None = None, attempts: int = 4, first_wait: float = 1.0):
     for attempt in range(1, attempts + 1):
         try:
             client = MlflowClient(tracking_uri=uri, registry_uri=uri)
-            client.search_experiments(max_results=1)
+            _probe(client, uri)
             return client
         except Exception as exc:  # noqa: BLE001 - any failure to answer counts
             last = exc

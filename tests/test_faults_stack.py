@@ -1,0 +1,113 @@
+"""Faults under the real scheduler: a training task SIGKILLed mid-fit, then the DAG run cleared and re-run.
+
+Uses the shared stack of test_stack_e2e.py (Airflow servers + MLflow server as real processes).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+import urllib.parse
+
+import pytest
+from stack_fixtures import mlflow_rest, tags_of
+
+from bnpipe.stack import EXPERIMENT_DAG
+
+pytestmark = pytest.mark.integration
+
+CONF = {
+    "dataset": "fashion_mnist",
+    "max_rows": 6000,
+    "grid": "custom",
+    "axes": {"preprocessing": ["standard", "bn_first"]},
+    "hidden": [16],
+    "epochs": 40,
+    "batch_size": 32,
+}
+MODEL = "bnpipe-fashion_mnist"
+
+
+def _q(run_id: str) -> str:
+    return urllib.parse.quote(run_id, safe="")
+
+
+def _experiment_id(stack) -> str:
+    return mlflow_rest(stack, "GET", "experiments/get-by-name", experiment_name="bnpipe")["experiment"]["experiment_id"]
+
+
+def _runs(stack, flt: str, view: str = "ACTIVE_ONLY") -> list[dict]:
+    body = {"experiment_ids": [_experiment_id(stack)], "filter": flt, "run_view_type": view, "max_results": 1000}
+    return mlflow_rest(stack, "POST", "runs/search", body).get("runs", [])
+
+
+def _train_tis(stack, run_id: str) -> list[dict]:
+    path = f"/dags/{EXPERIMENT_DAG}/dagRuns/{_q(run_id)}/taskInstances?task_id=train&limit=100"
+    return [t for t in stack.api("GET", path)["task_instances"] if t["task_id"] == "train"]
+
+
+def _kill_one_mid_fit(stack, run_id: str, deadline: float) -> dict:
+    """SIGKILL a running training task once its variant run has logged an epoch; returns the TI."""
+    while time.monotonic() < deadline:
+        for ti in _train_tis(stack, run_id):
+            if ti["state"] != "running" or not ti.get("pid"):
+                continue
+            runs = _runs(stack, f"tags.`bnpipe.dag_run_id` = '{run_id}'")
+            name = ti.get("rendered_map_index")
+            live = [r for r in runs if r["info"]["run_name"] == name and r["info"]["status"] == "RUNNING"]
+            if live and any(m["key"] == "val_accuracy" for m in live[0]["data"].get("metrics", [])):
+                os.kill(ti["pid"], signal.SIGKILL)
+                return {**ti, "mlflow_run_id": live[0]["info"]["run_id"]}
+        time.sleep(0.3)
+    raise AssertionError("no training task was caught mid-fit")
+
+
+def _counts(stack, run_id: str) -> dict:
+    runs = _runs(stack, f"tags.`bnpipe.dag_run_id` = '{run_id}'")
+    per_variant: dict[str, int] = {}
+    for r in runs:
+        name = tags_of(r).get("bnpipe.variant")
+        if name:
+            per_variant[name] = per_variant.get(name, 0) + 1
+    versions = mlflow_rest(stack, "GET", "model-versions/search", filter=f"name='{MODEL}'").get("model_versions", [])
+    alias = mlflow_rest(stack, "GET", "registered-models/alias", name=MODEL, alias="champion")["model_version"]
+    return {"per_variant": per_variant, "versions": len(versions), "alias": alias["version"]}
+
+
+@pytest.fixture(scope="module")
+def killed_run(live_stack):
+    run_id = live_stack.trigger(EXPERIMENT_DAG, CONF)
+    killed = _kill_one_mid_fit(live_stack, run_id, time.monotonic() + 300)
+    state = live_stack.wait_for_run(EXPERIMENT_DAG, run_id, timeout=600)
+    return run_id, killed, state
+
+
+def test_sigkilled_training_task_is_retried_and_its_orphan_run_killed(live_stack, killed_run):
+    run_id, killed, state = killed_run
+    assert state == "success"
+    ti = next(t for t in _train_tis(live_stack, run_id) if t["map_index"] == killed["map_index"])
+    assert ti["state"] == "success" and ti["try_number"] == killed["try_number"] + 1
+    name = killed["rendered_map_index"]
+    orphan = mlflow_rest(live_stack, "GET", "runs/get", run_id=killed["mlflow_run_id"])["run"]
+    assert orphan["info"]["status"] == "KILLED"
+    assert orphan["info"]["lifecycle_stage"] == "deleted"
+    active = [r for r in _runs(live_stack, f"tags.`bnpipe.dag_run_id` = '{run_id}'") if r["info"]["run_name"] == name]
+    assert len(active) == 1 and active[0]["info"]["status"] == "FINISHED"
+    assert tags_of(active[0])["bnpipe.try_number"] == str(killed["try_number"] + 1)
+
+
+def test_clearing_and_rerunning_leaves_counts_unchanged(live_stack, killed_run):
+    run_id, _, state = killed_run
+    assert state == "success"
+    before = _counts(live_stack, run_id)
+    assert before["per_variant"] and set(before["per_variant"].values()) == {1}
+    live_stack.api("POST", f"/dags/{EXPERIMENT_DAG}/dagRuns/{_q(run_id)}/clear", {"dry_run": False})
+    deadline = time.monotonic() + 60
+    while live_stack.api("GET", f"/dags/{EXPERIMENT_DAG}/dagRuns/{_q(run_id)}")["state"] == "success":
+        assert time.monotonic() < deadline, "the cleared run never restarted"
+        time.sleep(0.5)
+    assert live_stack.wait_for_run(EXPERIMENT_DAG, run_id, timeout=600) == "success"
+    after = _counts(live_stack, run_id)
+    assert after == before
+    assert all(t["try_number"] >= 2 for t in _train_tis(live_stack, run_id))
