@@ -1,8 +1,8 @@
 """Row 6: ingest time and peak memory, each measurement in a fresh subprocess.
 
 ``probe`` imports what ingest needs and warms it up on 100 synthetic rows, records its resident
-set size as the baseline, runs one ``bnpipe.data.ingest`` and writes the seconds. The parent reads the child's peak RSS from
-``os.wait4``, so each number belongs to exactly one ingest.
+set size as the baseline, runs one ``bnpipe.data.ingest`` and writes the seconds. The parent
+reads the child's peak RSS from ``os.wait4``, so each number belongs to exactly one ingest.
 """
 
 from __future__ import annotations

@@ -170,14 +170,14 @@ def run_variant(
     try:
         tracking.log_params(client, run_id, {f"train.{k}": v for k, v in asdict(cfg).items()})
         tracking.log_dataset(client, run_id, snapshot)
+        pending: list = []  # instrumentation rows ride along with the epoch's metrics: one request per epoch
+
+        def log_epoch(step: int, row: dict) -> None:
+            rows, pending[:] = [(row, step), *pending], []
+            tracking.log_metric_rows(client, run_id, rows)
+
         t0 = time.perf_counter()
-        model, history, diverged = fit(
-            variant,
-            snapshot["path"],
-            cfg,
-            on_epoch=lambda step, row: tracking.log_metrics(client, run_id, row, step),
-            on_metrics=lambda rows: tracking.log_metric_rows(client, run_id, rows),
-        )
+        model, history, diverged = fit(variant, snapshot["path"], cfg, on_epoch=log_epoch, on_metrics=pending.extend)
         train_seconds = time.perf_counter() - t0
         final = {k: vs[-1] for k, vs in history.items() if vs}  # already logged per epoch
         summary = {"train_seconds": train_seconds, "epochs_run": len(history.get("loss", []))}
@@ -189,7 +189,7 @@ def run_variant(
                 model.save(path)
                 client.log_artifact(run_id, str(path), artifact_path=str(Path(MODEL_ARTIFACT).parent))
         summary = {k: v for k, v in summary.items() if _finite(v)}
-        tracking.log_metrics(client, run_id, summary, step=summary["epochs_run"])
+        tracking.log_metric_rows(client, run_id, [(summary, summary["epochs_run"]), *pending])
         metrics = {k: v for k, v in {**final, **summary}.items() if _finite(v)}
         client.set_tag(run_id, tracking.TAG + "status", status)
         client.set_terminated(run_id, status="FINISHED")

@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import signal
 import time
+import urllib.error
 import urllib.parse
 
 import pytest
@@ -38,8 +39,19 @@ def _experiment_id(stack) -> str:
 
 
 def _runs(stack, flt: str, view: str = "ACTIVE_ONLY") -> list[dict]:
+    try:
+        _experiment_id(stack)
+    except urllib.error.HTTPError:  # not created yet: no runs
+        return []
     body = {"experiment_ids": [_experiment_id(stack)], "filter": flt, "run_view_type": view, "max_results": 1000}
     return mlflow_rest(stack, "POST", "runs/search", body).get("runs", [])
+
+
+def _variant_runs(stack, dag_run_id: str, view: str = "ACTIVE_ONLY") -> list[dict]:
+    parents = _runs(stack, f"tags.`bnpipe.dag_run_id` = '{dag_run_id}' and tags.`bnpipe.role` = 'parent'")
+    if not parents:
+        return []
+    return _runs(stack, f"tags.`bnpipe.parent_run_id` = '{parents[0]['info']['run_id']}'", view)
 
 
 def _train_tis(stack, run_id: str) -> list[dict]:
@@ -53,18 +65,18 @@ def _kill_one_mid_fit(stack, run_id: str, deadline: float) -> dict:
         for ti in _train_tis(stack, run_id):
             if ti["state"] != "running" or not ti.get("pid"):
                 continue
-            runs = _runs(stack, f"tags.`bnpipe.dag_run_id` = '{run_id}'")
-            name = ti.get("rendered_map_index")
-            live = [r for r in runs if r["info"]["run_name"] == name and r["info"]["status"] == "RUNNING"]
+            runs = _variant_runs(stack, run_id)
+            index = str(ti["map_index"])  # the rendered label only appears once the task has finished
+            live = [r for r in runs if tags_of(r).get("bnpipe.map_index") == index and r["info"]["status"] == "RUNNING"]
             if live and any(m["key"] == "val_accuracy" for m in live[0]["data"].get("metrics", [])):
                 os.kill(ti["pid"], signal.SIGKILL)
-                return {**ti, "mlflow_run_id": live[0]["info"]["run_id"]}
+                return {**ti, "mlflow_run_id": live[0]["info"]["run_id"], "variant": live[0]["info"]["run_name"]}
         time.sleep(0.3)
     raise AssertionError("no training task was caught mid-fit")
 
 
 def _counts(stack, run_id: str) -> dict:
-    runs = _runs(stack, f"tags.`bnpipe.dag_run_id` = '{run_id}'")
+    runs = _variant_runs(stack, run_id)
     per_variant: dict[str, int] = {}
     for r in runs:
         name = tags_of(r).get("bnpipe.variant")
@@ -88,11 +100,11 @@ def test_sigkilled_training_task_is_retried_and_its_orphan_run_killed(live_stack
     assert state == "success"
     ti = next(t for t in _train_tis(live_stack, run_id) if t["map_index"] == killed["map_index"])
     assert ti["state"] == "success" and ti["try_number"] == killed["try_number"] + 1
-    name = killed["rendered_map_index"]
+    name = killed["variant"]
     orphan = mlflow_rest(live_stack, "GET", "runs/get", run_id=killed["mlflow_run_id"])["run"]
     assert orphan["info"]["status"] == "KILLED"
     assert orphan["info"]["lifecycle_stage"] == "deleted"
-    active = [r for r in _runs(live_stack, f"tags.`bnpipe.dag_run_id` = '{run_id}'") if r["info"]["run_name"] == name]
+    active = [r for r in _variant_runs(live_stack, run_id) if r["info"]["run_name"] == name]
     assert len(active) == 1 and active[0]["info"]["status"] == "FINISHED"
     assert tags_of(active[0])["bnpipe.try_number"] == str(killed["try_number"] + 1)
 
