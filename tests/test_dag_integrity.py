@@ -19,7 +19,8 @@ pm.ensure_plugins_loaded() if hasattr(pm, "ensure_plugins_loaded") else None
 def task_info(t):
     doc = t.doc_md or t.doc or getattr(getattr(t, "python_callable", None), "__doc__", None)
     mapped = type(t).__name__.endswith("MappedOperator")
-    return {"doc": bool(doc), "mapped": mapped, "max_tis": getattr(t, "max_active_tis_per_dagrun", None)}
+    return {"doc": bool(doc), "mapped": mapped, "max_tis": getattr(t, "max_active_tis_per_dagrun", None),
+            "max_tis_per_dag": getattr(t, "max_active_tis_per_dag", None)}
 out = {
     "errors": {k: str(v) for k, v in bag.import_errors.items()},
     "tf_loaded": sorted(m for m in sys.modules if m == "tensorflow" or m.startswith(("tensorflow.", "keras"))),
@@ -84,6 +85,8 @@ def test_experiment_dag_shape(parsed):
     assert d["tasks"]["train"]["mapped"]
     assert 1 <= d["tasks"]["train"]["max_tis"] <= (os.cpu_count() or 1)
     assert max(d["retries"]) >= 1
+    # registrations are serialized across DAG runs, so two runs finishing at once cannot race on the alias
+    assert d["tasks"]["compare"]["max_tis_per_dag"] == 1
 
 
 def test_every_param_is_typed_and_described(parsed):

@@ -116,3 +116,24 @@ def test_impute_and_encode_options_are_recorded(home, tmp_path):
     assert "imputed" in notes and "one-hot" in notes
     X, _ = data.load_split(meta["path"], "train")
     assert np.isfinite(X).all()
+
+
+def test_url_that_does_not_exist_is_a_clear_error(home, tmp_path):
+    import functools
+    import http.server
+    import threading
+
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(tmp_path))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        (tmp_path / "ok.csv").write_text(_good_rows())
+        base = f"http://127.0.0.1:{server.server_address[1]}"
+        meta = data.ingest(IngestRequest(source="csv", path=f"{base}/ok.csv", label="label"))
+        assert meta["n_train"] + meta["n_val"] + meta["n_test"] == 40
+        with pytest.raises(DataError, match="missing.csv.*404"):
+            data.ingest(IngestRequest(source="csv", path=f"{base}/missing.csv", label="label"))
+    finally:
+        server.shutdown()
+        server.server_close()

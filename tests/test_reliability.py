@@ -7,9 +7,9 @@ import socket
 import time
 
 import pytest
+from conftest import run_cli
 
 from bnpipe import tracking
-from conftest import run_cli
 
 FAST_FAIL = {"BNPIPE_RETRIES": "0"}
 
