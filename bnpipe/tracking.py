@@ -144,7 +144,6 @@ def start_variant_run(
         "mlflow.parentRunId": parent_run_id,
     }
     run = client.create_run(experiment_id, run_name=variant["name"], tags=tags)
-    log_params(client, run.info.run_id, {k: v for k, v in variant.items() if k != "name"})
     return run.info.run_id
 
 
@@ -182,6 +181,27 @@ def record_snapshot(parent_run_id: str, snapshot: dict) -> None:
     client.set_tag(parent_run_id, TAG + "data_digest", snapshot["digest"])
     client.set_tag(parent_run_id, TAG + "dataset", snapshot["dataset"])
     log_dataset(client, parent_run_id, snapshot)
+
+
+def close_dag_run(parent_run_id: str) -> dict:
+    """Teardown of a DAG run: no run is left RUNNING, whatever happened to the tasks.
+
+    Variant runs still RUNNING belong to attempts that were killed or timed out without a
+    retry: they are ended as KILLED. A parent still RUNNING means compare never finished:
+    it is ended as FAILED with the reason.
+    """
+    client = connect()
+    killed = []
+    for r in variant_runs(client, parent_run_id):
+        if r.info.status in ("RUNNING", "SCHEDULED"):
+            client.set_terminated(r.info.run_id, status="KILLED")
+            killed.append(r.info.run_id)
+    parent = client.get_run(parent_run_id)
+    if parent.info.status == "RUNNING":
+        reason = parent.data.tags.get(TAG + "failure") or "the DAG run ended before compare finished; see the task logs"
+        client.set_tag(parent_run_id, TAG + "failure", reason)
+        client.set_terminated(parent_run_id, status="FAILED")
+    return {"killed": killed, "parent_status": client.get_run(parent_run_id).info.status}
 
 
 def fail_parent(parent_run_id: str, reason: str) -> None:

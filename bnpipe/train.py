@@ -168,7 +168,8 @@ def run_variant(
         {tracking.TAG + "train_key": key, tracking.TAG + "data_digest": snapshot["digest"]},
     )
     try:
-        tracking.log_params(client, run_id, {f"train.{k}": v for k, v in asdict(cfg).items()})
+        params = {k: v for k, v in variant.to_dict().items() if k != "name"}
+        tracking.log_params(client, run_id, {**params, **{f"train.{k}": v for k, v in asdict(cfg).items()}})
         tracking.log_dataset(client, run_id, snapshot)
         pending: list = []  # instrumentation rows ride along with the epoch's metrics: one request per epoch
 

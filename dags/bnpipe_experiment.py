@@ -122,11 +122,18 @@ def bnpipe_experiment():
         print(report.verdict_text(summary["report"].get("verdicts", [])))
         return summary
 
+    @task
+    def close_runs(run: dict) -> dict:
+        """Teardown: runs left RUNNING by killed or timed-out attempts end as KILLED; an unfinished parent as FAILED."""
+        from bnpipe import tracking
+
+        return tracking.close_dag_run(run["parent_run_id"])
+
     p = validate_params()
     run = start_tracking(p)
     snapshot = ingest(p, run)
     results = train.partial(snapshot=snapshot, run=run, p=p).expand(variant=plan(p))
-    compare(results, snapshot, run, p)
+    compare(results, snapshot, run, p) >> close_runs(run).as_teardown(setups=run)
 
 
 bnpipe_experiment()

@@ -38,4 +38,4 @@ def test_smoke_run_has_every_row_with_numbers(live_stack, tmp_path):
     text = out.read_text()
     for rid, row in rows.items():
         assert f"| {rid} | {row['what']} |" in text
-    assert "python -m benchmarks --smoke" in text and "Load average" in text
+    assert "-m benchmarks --smoke`" in text and "Load average" in text

@@ -118,6 +118,9 @@ def test_training_past_its_timeout_fails_cleanly_and_its_run_is_failed(tmp_path)
     assert proc.returncode == 1
     summary = json.loads((tmp_path / "s.json").read_text())
     c = _client(home)
-    statuses = {c.get_run(v["run_id"]).info.status for v in summary["variants"]}
-    assert statuses == {"FAILED"}, statuses
+    statuses = [c.get_run(v["run_id"]).info.status for v in summary["variants"]]
+    # the timed-out attempt ends its own run as FAILED; an attempt cut off before its training
+    # started is ended by the DAG's teardown as KILLED; nothing stays RUNNING
+    assert "FAILED" in statuses and set(statuses) <= {"FAILED", "KILLED"}, statuses
+    assert summary["status"] == "FAILED" and summary["failure"]
     assert summary["champion"] is None and c.search_registered_models() == []
