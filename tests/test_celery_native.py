@@ -182,7 +182,15 @@ def test_dag_run_succeeds_on_celery(celery_run):
     tis = celery_run["tis"]
     failed = {t["task_id"]: t["state"] for t in tis if t["state"] != "success"}
     assert celery_run["state"] == "success", f"{failed}\n{celery_run['scheduler_log']}\n{celery_run['logs']}"
-    assert {t["task_id"] for t in tis} == {"validate_params", "start_tracking", "ingest", "plan", "train", "compare"}
+    assert {t["task_id"] for t in tis} == {
+        "validate_params",
+        "start_tracking",
+        "ingest",
+        "plan",
+        "train",
+        "compare",
+        "close_runs",
+    }
     assert all(t.get("executor") in (None, "CeleryExecutor") for t in tis)
     print(
         f"\nnative Celery stack: start {celery_run['timings']['start']:.0f} s, run {celery_run['timings']['run']:.0f} s"

@@ -42,6 +42,7 @@ def test_absurd_learning_rate_diverges_is_marked_and_left_out_of_the_ranking(hom
 def _fake_run(client, exp, parent, variant: Variant, val_acc: list[float], extra: dict, status: str = "ok"):
     """A variant run as bnpipe.train logs it, without training: params, per-epoch history, final metrics."""
     run_id = tracking.start_variant_run(client, exp, parent, variant.to_dict(), 0, 1, {})
+    tracking.log_params(client, run_id, {k: v for k, v in variant.to_dict().items() if k != "name"})
     for epoch, acc in enumerate(val_acc, 1):
         tracking.log_metrics(client, run_id, {"val_accuracy": acc, "accuracy": acc + 0.02, "loss": 1 / epoch}, epoch)
     rows = [({"grad_norm/dense_0": 0.1 * s + 0.01, "grad_norm/output": 1.0}, s) for s in (0, 10, 20)]

@@ -123,3 +123,20 @@ def test_clearing_and_rerunning_leaves_counts_unchanged(live_stack, killed_run):
     after = _counts(live_stack, run_id)
     assert after == before
     assert all(t["try_number"] >= 2 for t in _train_tis(live_stack, run_id))
+
+
+def test_two_runs_triggered_at_once_leave_the_alias_on_the_better_model(live_stack):
+    """Two experiment runs on the same data, started together: the alias ends on the best version."""
+    base = {"dataset": "breast_cancer", "grid": "smoke", "batch_size": 16}
+    runs = [live_stack.trigger(EXPERIMENT_DAG, {**base, "epochs": e}) for e in (1, 4)]
+    assert [live_stack.wait_for_run(EXPERIMENT_DAG, r, timeout=600) for r in runs] == ["success", "success"]
+    name = "bnpipe-breast_cancer"
+    versions = mlflow_rest(live_stack, "GET", "model-versions/search", filter=f"name='{name}'")["model_versions"]
+    assert all(v["status"] == "READY" for v in versions)
+    champion = mlflow_rest(live_stack, "GET", "registered-models/alias", name=name, alias="champion")["model_version"]
+    tags = {t["key"]: t["value"] for t in champion.get("tags", [])}
+    same_data = [v for v in versions if {t["key"]: t["value"] for t in v.get("tags", [])}.get("bnpipe.data_digest")
+                 == tags["bnpipe.data_digest"]]  # fmt: skip
+    best = max(float({t["key"]: t["value"] for t in v["tags"]}["bnpipe.metric_value"]) for v in same_data)
+    assert float(tags["bnpipe.metric_value"]) == best
+    assert len(same_data) >= 2, "both runs must have registered their (different) winners"
