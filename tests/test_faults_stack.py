@@ -127,10 +127,10 @@ def test_clearing_and_rerunning_leaves_counts_unchanged(live_stack, killed_run):
 
 def test_two_runs_triggered_at_once_leave_the_alias_on_the_better_model(live_stack):
     """Two experiment runs on the same data, started together: the alias ends on the best version."""
-    base = {"dataset": "breast_cancer", "grid": "smoke", "batch_size": 16}
+    base = {"dataset": "wine", "grid": "smoke", "batch_size": 16}  # its own model: other tests' champion untouched
     runs = [live_stack.trigger(EXPERIMENT_DAG, {**base, "epochs": e}) for e in (1, 4)]
     assert [live_stack.wait_for_run(EXPERIMENT_DAG, r, timeout=600) for r in runs] == ["success", "success"]
-    name = "bnpipe-breast_cancer"
+    name = "bnpipe-wine"
     versions = mlflow_rest(live_stack, "GET", "model-versions/search", filter=f"name='{name}'")["model_versions"]
     assert all(v["status"] == "READY" for v in versions)
     champion = mlflow_rest(live_stack, "GET", "registered-models/alias", name=name, alias="champion")["model_version"]
