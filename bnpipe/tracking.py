@@ -43,6 +43,7 @@ def _probe(client, uri: str, timeout: float = 5.0) -> None:
 
 def connect(uri: str | None = None, attempts: int = 4, first_wait: float = 1.0):
     """An ``MlflowClient`` whose server answered; retries with exponential backoff."""
+    from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient
 
     uri = uri or settings.tracking_uri()
@@ -52,7 +53,7 @@ def connect(uri: str | None = None, attempts: int = 4, first_wait: float = 1.0):
             client = MlflowClient(tracking_uri=uri, registry_uri=uri)
             _probe(client, uri)
             return client
-        except Exception as exc:  # noqa: BLE001 - any failure to answer counts
+        except (OSError, MlflowException) as exc:  # not answering; anything else (a timeout signal) propagates
             last = exc
             if attempt < attempts:
                 time.sleep(wait)

@@ -118,9 +118,14 @@ def test_training_past_its_timeout_fails_cleanly_and_its_run_is_failed(tmp_path)
     assert proc.returncode == 1
     summary = json.loads((tmp_path / "s.json").read_text())
     c = _client(home)
-    statuses = [c.get_run(v["run_id"]).info.status for v in summary["variants"]]
+    runs = [c.get_run(v["run_id"]) for v in summary["variants"]]
+    statuses = [r.info.status for r in runs]
     # the timed-out attempt ends its own run as FAILED; an attempt cut off before its training
-    # started is ended by the DAG's teardown as KILLED; nothing stays RUNNING
-    assert "FAILED" in statuses and set(statuses) <= {"FAILED", "KILLED"}, statuses
+    # started is ended by the DAG's teardown as KILLED; a variant that diverged within the time
+    # limit has finished on its own; nothing stays RUNNING
+    assert "FAILED" in statuses, statuses
+    for r in runs:
+        ok = r.info.status in ("FAILED", "KILLED") or r.data.tags.get("bnpipe.status") == "diverged"
+        assert ok, (r.info.run_name, r.info.status, r.data.tags.get("bnpipe.status"))
     assert summary["status"] == "FAILED" and summary["failure"]
     assert summary["champion"] is None and c.search_registered_models() == []
