@@ -163,6 +163,17 @@ def test_schema_check_catches_a_broken_file(compose):
     assert any("depends_on" in e for e in errors) and any("helthcheck" in e for e in errors), errors
 
 
+def _compose_config(docker: str, env_file, cwd):
+    """`docker compose config --quiet` on the project's compose file with ``env_file``."""
+    return subprocess.run(
+        [docker, "compose", "-f", str(COMPOSE), "--env-file", str(env_file), "config", "--quiet"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=cwd,
+    )
+
+
 def test_docker_compose_config(tmp_path, env_example):
     docker = shutil.which("docker")
     if docker is None:
@@ -172,23 +183,11 @@ def test_docker_compose_config(tmp_path, env_example):
         pytest.skip(f"the docker client has no compose plugin (`docker compose version`: {probe.stderr.strip()})")
     env_file = tmp_path / ".env"
     env_file.write_text("".join(f"{k}={v}\n" for k, v in _secrets_env(env_example).items()))
-    ok = subprocess.run(
-        [docker, "compose", "-f", str(COMPOSE), "--env-file", str(env_file), "config", "--quiet"],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        cwd=tmp_path,
-    )
+    ok = _compose_config(docker, env_file, tmp_path)
     assert ok.returncode == 0, ok.stderr
     empty = tmp_path / "empty.env"
     empty.write_text("")
-    refused = subprocess.run(
-        [docker, "compose", "-f", str(COMPOSE), "--env-file", str(empty), "config", "--quiet"],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        cwd=tmp_path,
-    )
+    refused = _compose_config(docker, empty, tmp_path)
     assert refused.returncode != 0 and "set it in .env" in refused.stderr, refused.stderr
 
 
