@@ -46,14 +46,29 @@ def browser(tmp_path_factory):
 
 
 def _wait(driver, condition, timeout: float = 45, what: str = ""):
-    from selenium.common.exceptions import TimeoutException
+    """Poll ``condition``; the React UIs re-render under us, so a stale element just means "poll again"."""
+    from selenium.common.exceptions import StaleElementReferenceException, TimeoutException
     from selenium.webdriver.support.ui import WebDriverWait
 
+    wait = WebDriverWait(driver, timeout, poll_frequency=0.5, ignored_exceptions=(StaleElementReferenceException,))
     try:
-        return WebDriverWait(driver, timeout, poll_frequency=0.5).until(condition)
+        return wait.until(condition)
     except TimeoutException:
         driver.save_screenshot(str(ARTIFACTS / f"timeout-{int(time.time())}.png"))
         raise AssertionError(f"timed out waiting for {what} at {driver.current_url}") from None
+
+
+def _click(driver, xpath: str, what: str) -> None:
+    """Find and click in one poll, so a re-render between the two is retried rather than fatal."""
+    from selenium.webdriver.common.by import By
+
+    def attempt(d):
+        found = d.find_elements(By.XPATH, xpath)
+        if found:
+            found[0].click()
+        return bool(found)
+
+    _wait(driver, attempt, what=what)
 
 
 def _text(driver) -> str:
@@ -76,18 +91,16 @@ def logged_in(browser, live_stack):
 
 
 def test_mlflow_ui_lists_the_variant_runs(browser, live_stack, stack_run):
-    from selenium.webdriver.common.by import By
 
     parent, children = parent_and_children(live_stack, stack_run["run_id"])
     browser.get(f"{live_stack.mlflow_url}/#/experiments/{parent['info']['experiment_id']}/runs")
     dag_run_id = stack_run["run_id"]
-    links = _wait(
+    # the expand button sits in the parent run's grid cell; clicking it shows the nested runs
+    _click(
         browser,
-        lambda d: [a for a in d.find_elements(By.TAG_NAME, "a") if a.text.strip() == dag_run_id],
+        f"//a[normalize-space(.)='{dag_run_id}']/ancestor::*[@role='gridcell'][1]//button",
         what="the parent run (named after the DAG run)",
     )
-    cell = links[0].find_element(By.XPATH, "./ancestor::*[@role='gridcell'][1]")
-    cell.find_element(By.TAG_NAME, "button").click()  # expand the nested runs
     names = [c["info"]["run_name"] for c in children]
     _wait(browser, lambda d: all(n in _text(d) for n in names), what=f"variant runs {names}")
     browser.save_screenshot(str(ARTIFACTS / "mlflow-experiment.png"))
@@ -98,12 +111,7 @@ def test_results_view_inside_the_airflow_ui(logged_in, live_stack, stack_run):
 
     rid = urllib.parse.quote(stack_run["run_id"], safe="")
     logged_in.get(f"{live_stack.airflow_url}/dags/{EXPERIMENT_DAG}/runs/{rid}")
-    tab = _wait(
-        logged_in,
-        lambda d: [a for a in d.find_elements(By.TAG_NAME, "a") if a.text.strip() == "bnpipe results"],
-        what="the 'bnpipe results' tab",
-    )
-    tab[0].click()
+    _click(logged_in, "//a[normalize-space(.)='bnpipe results']", what="the 'bnpipe results' tab")
     frame = _wait(logged_in, lambda d: d.find_elements(By.TAG_NAME, "iframe"), what="the view's iframe")[0]
     logged_in.switch_to.frame(frame)
     try:
@@ -124,17 +132,14 @@ def test_trigger_form_starts_a_run(logged_in, live_stack, stack_run):
 
     before = {r["dag_run_id"] for r in live_stack.api("GET", f"/dags/{EXPERIMENT_DAG}/dagRuns?limit=100")["dag_runs"]}
     logged_in.get(f"{live_stack.airflow_url}/dags/{EXPERIMENT_DAG}")
-    _wait(logged_in, lambda d: d.find_elements(By.CSS_SELECTOR, "[data-testid=trigger-dag-button]"), what="Trigger")
-    logged_in.find_element(By.CSS_SELECTOR, "[data-testid=trigger-dag-button]").click()
+    _click(logged_in, "//*[@data-testid='trigger-dag-button']", what="the Trigger button")
     epochs = _wait(logged_in, lambda d: d.find_elements(By.NAME, "element_epochs"), what="the epochs field")[0]
     page = _text(logged_in)
     assert "Training epochs per variant." in page and "Data source." in page  # Param descriptions
     epochs.send_keys(Keys.CONTROL, "a")
     epochs.send_keys(str(CONF["epochs"] + 1))
     logged_in.save_screenshot(str(ARTIFACTS / "airflow-trigger-form.png"))
-    button = [b for b in logged_in.find_elements(By.CSS_SELECTOR, "[role=dialog] button") if b.text == "Trigger"]
-    assert button, "no Trigger button in the dialog"
-    button[0].click()
+    _click(logged_in, "//*[@role='dialog']//button[normalize-space(.)='Trigger']", what="the dialog's Trigger button")
 
     def new_run():
         runs = live_stack.api("GET", f"/dags/{EXPERIMENT_DAG}/dagRuns?limit=100")["dag_runs"]
