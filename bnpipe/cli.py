@@ -121,10 +121,15 @@ def run_dag(conf: dict, parallel: bool = False, dag_id: str = DAG_ID):
 
     af_settings.configure_orm()
     _migrate()
-    if parallel:
-        with execution_api():
-            return _run_dag(conf, parallel, dag_id)
-    return _run_dag(conf, parallel, dag_id)
+    from bnpipe import warm
+
+    try:
+        if parallel:
+            with execution_api():
+                return _run_dag(conf, parallel, dag_id)
+        return _run_dag(conf, parallel, dag_id)
+    finally:  # the training tasks' warm trainers (bnpipe.warm) end with this run
+        warm.stop_all()
 
 
 def _run_dag(conf: dict, parallel: bool, dag_id: str = DAG_ID):

@@ -52,9 +52,9 @@ def signature(snapshot: dict):
 
 def log_model(run_id: str, keras_path: str, snapshot: dict, tracking_uri: str) -> str:
     """Log the pyfunc model into ``run_id``; returns its model URI."""
+    from importlib.metadata import version
     from pathlib import Path
 
-    import keras
     import mlflow
 
     mlflow.set_tracking_uri(tracking_uri)
@@ -66,8 +66,8 @@ def log_model(run_id: str, keras_path: str, snapshot: dict, tracking_uri: str) -
             signature=signature(snapshot),
             code_paths=[str(Path(__file__).parent)],
             pip_requirements=[
-                f"keras=={keras.__version__}",
-                "tensorflow-cpu==2.21.0",
+                f"keras=={version('keras')}",  # not `import keras`: that alone costs the compare task ~4 s
+                f"tensorflow-cpu=={version('tensorflow-cpu')}",
                 f"mlflow=={mlflow.__version__}",
                 "pandas",
             ],

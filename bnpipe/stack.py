@@ -352,7 +352,10 @@ class Stack:
             time.sleep(1)
 
     def stop(self) -> None:
-        """Stop the process groups recorded under ``run/``, newest first. Idempotent."""
+        """Stop the process groups recorded under ``run/``, newest first, then the training tasks'
+        warm trainers (``bnpipe.warm``) under this stack's BNPIPE_HOME. Idempotent."""
+        from bnpipe import warm
+
         order = list(reversed(COMPONENTS))
         names = sorted(self.recorded(), key=lambda n: order.index(n) if n in order else -1)
         for name in names:
@@ -363,6 +366,7 @@ class Stack:
             if proc is not None:
                 proc.wait(timeout=30)
             self._pid_file(name).unlink(missing_ok=True)
+        warm.stop_all(Path(self.env["BNPIPE_HOME"]))
 
     @staticmethod
     def _terminate(pgid: int, grace: float = 20) -> None:

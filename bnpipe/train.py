@@ -81,11 +81,20 @@ def is_diverged(history: dict, model) -> bool:
     return not all(np.isfinite(w).all() for w in model.get_weights())
 
 
-def fit(variant: Variant, snapshot_path: str, cfg: TrainConfig, on_epoch=None, on_metrics=None) -> tuple:
+class Aborted(Exception):
+    """Training was stopped from outside (``stop()`` returned a status: KILLED, FAILED)."""
+
+    def __init__(self, status: str):
+        super().__init__(f"training stopped from outside; run marked {status}")
+        self.status = status
+
+
+def fit(variant: Variant, snapshot_path: str, cfg: TrainConfig, on_epoch=None, on_metrics=None, stop=None) -> tuple:
     """Train ``variant``; returns (model, history dict, diverged flag). No MLflow here.
 
     ``on_epoch(epoch, row)`` gets each epoch's metrics; ``on_metrics([(row, step), ...])`` gets
-    ``bnpipe.instrument``'s measurements, a batch per epoch.
+    ``bnpipe.instrument``'s measurements, a batch per epoch. ``stop()``, polled after every
+    execution (``steps_per_execution`` steps), returns a status to abort with (raises ``Aborted``).
     """
     import keras
 
@@ -116,7 +125,15 @@ def fit(variant: Variant, snapshot_path: str, cfg: TrainConfig, on_epoch=None, o
             if on_epoch:
                 on_epoch(epoch + 1, row)
 
+    class StopFromOutside(keras.callbacks.Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            status = stop()
+            if status:
+                raise Aborted(status)
+
     callbacks = [EpochLogger(), keras.callbacks.TerminateOnNaN()]
+    if stop is not None:
+        callbacks.append(StopFromOutside())
     if cfg.instrument:
         from bnpipe import instrument
 
@@ -152,8 +169,14 @@ def run_variant(
     parent_run_id: str,
     map_index: int = -1,
     try_number: int = 1,
+    stop=None,
+    trainer: str = "task",
 ) -> dict:
-    """Train one variant in its own nested MLflow run. Returns ``{name, run_id, status, metrics}``."""
+    """Train one variant in its own nested MLflow run. Returns ``{name, run_id, status, metrics}``.
+
+    ``stop``: see ``fit``; ``bnpipe.warm`` passes it, so a task that goes away stops its trainer.
+    ``trainer`` (tag ``bnpipe.trainer``) says which process trained: ``task`` or ``warm pid <n>``.
+    """
     configure_threads(cfg.threads)
     variant = Variant.from_dict(variant_dict)
     client = tracking.connect()
@@ -165,7 +188,11 @@ def run_variant(
         variant.to_dict(),
         map_index,
         try_number,
-        {tracking.TAG + "train_key": key, tracking.TAG + "data_digest": snapshot["digest"]},
+        {
+            tracking.TAG + "train_key": key,
+            tracking.TAG + "data_digest": snapshot["digest"],
+            tracking.TAG + "trainer": trainer,
+        },
     )
     try:
         params = {k: v for k, v in variant.to_dict().items() if k != "name"}
@@ -178,7 +205,9 @@ def run_variant(
             tracking.log_metric_rows(client, run_id, rows)
 
         t0 = time.perf_counter()
-        model, history, diverged = fit(variant, snapshot["path"], cfg, on_epoch=log_epoch, on_metrics=pending.extend)
+        model, history, diverged = fit(
+            variant, snapshot["path"], cfg, on_epoch=log_epoch, on_metrics=pending.extend, stop=stop
+        )
         train_seconds = time.perf_counter() - t0
         final = {k: vs[-1] for k, vs in history.items() if vs}  # already logged per epoch
         summary = {"train_seconds": train_seconds, "epochs_run": len(history.get("loss", []))}
@@ -194,6 +223,9 @@ def run_variant(
         metrics = {k: v for k, v in {**final, **summary}.items() if _finite(v)}
         client.set_tag(run_id, tracking.TAG + "status", status)
         client.set_terminated(run_id, status="FINISHED")
+    except Aborted as exc:
+        client.set_terminated(run_id, status=exc.status)
+        raise
     except BaseException:
         client.set_terminated(run_id, status="FAILED")
         raise

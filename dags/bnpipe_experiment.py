@@ -91,8 +91,11 @@ def bnpipe_experiment():
         execution_timeout=timedelta(seconds=settings.train_timeout_seconds()),
     )
     def train(variant: dict, snapshot: dict, run: dict, p: dict) -> dict:
-        """Train one variant in its own nested MLflow run (TensorFlow is imported here, not at parse time)."""
-        from bnpipe.train import run_variant
+        """Train one variant in its own nested MLflow run, in a warm trainer (bnpipe.warm) when one is free.
+
+        TensorFlow is never imported at parse time: here only, or in the trainer process.
+        """
+        from bnpipe.warm import run_variant
 
         ctx = get_current_context()
         ctx["variant_name"] = variant["name"]

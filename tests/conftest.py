@@ -47,3 +47,33 @@ def run_cli(args: list[str], env_home: Path, timeout: int = 900, extra_env: dict
 
 # The real stack (Airflow + MLflow servers), shared by test_stack_e2e.py and test_browser.py.
 from stack_fixtures import live_stack, stack_run  # noqa: E402, F401
+
+
+def _leftover_trainers(root: Path) -> list[int]:
+    """PIDs of warm trainers (bnpipe.warm) whose pool lies under ``root``: the ones this session started."""
+    found = []
+    for proc in Path("/proc").glob("[0-9]*"):
+        try:
+            argv = (proc / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if b"bnpipe.warm" in argv and b"--pool" in argv:
+            pool = argv[argv.index(b"--pool") + 1].decode()
+            if Path(pool).is_relative_to(root):
+                found.append(int(proc.name))
+    return found
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """Whatever started a warm trainer must stop it; a leftover fails the session (and is stopped here)."""
+    import signal
+
+    factory = getattr(session.config, "_tmp_path_factory", None)
+    if factory is None:
+        return
+    leftovers = _leftover_trainers(factory.getbasetemp())
+    for pid in leftovers:
+        os.kill(pid, signal.SIGTERM)
+    if leftovers:
+        print(f"\nwarm trainers left running by the tests (now stopped): {leftovers}")
+        session.exitstatus = 1

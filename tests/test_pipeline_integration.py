@@ -139,3 +139,15 @@ def test_claims_report_logged_to_parent_and_variants_instrumented(first_run):
         metrics = c.get_run(v["run_id"]).data.metrics
         assert {"grad_norm/dense_0", "grad_norm/output", "grad_log10_ratio", "gen_gap_accuracy"} <= set(metrics)
         assert "bn_first/moving_mean" in metrics and "mode_gap_accuracy" in metrics  # every smoke variant has BN
+
+
+def test_variants_trained_in_warm_trainers_that_end_with_the_run(first_run):
+    """Each slot's trainer imports TensorFlow once and trains several variants; `bnpipe run` stops them."""
+    from bnpipe import warm
+
+    home, summary, _ = first_run
+    c = _client(home)
+    trainers = [c.get_run(v["run_id"]).data.tags["bnpipe.trainer"] for v in summary["variants"]]
+    assert all(t.startswith("warm pid ") for t in trainers), trainers
+    assert len(set(trainers)) < len(trainers)  # reused: fewer trainers than variants
+    assert warm.running(home) == []

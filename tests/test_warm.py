@@ -1,0 +1,151 @@
+"""Warm trainers (bnpipe.warm): reused across tasks, stopped by a task that goes away, never left behind.
+
+Each test drives ``bnpipe.warm`` as a training task does, with a real trainer process, a real
+snapshot and a real MLflow store; the tasks that must die are subprocesses of the test.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import asdict
+
+import pytest
+
+from bnpipe import data, tracking, warm
+from bnpipe.train import TrainConfig
+from bnpipe.variants import Variant
+
+pytestmark = pytest.mark.integration
+
+CFG = TrainConfig(epochs=2, batch_size=32, threads=1)
+
+
+@pytest.fixture
+def setup(home):
+    snapshot = data.ingest(data.IngestRequest(source="breast_cancer"))
+    client = tracking.connect()
+    exp = tracking.ensure_experiment(client)
+    parent = tracking.start_parent_run(client, exp, "bnpipe_experiment", "manual__warm", "link", {})
+    yield snapshot, client, exp, parent
+    warm.stop_all(home)
+    assert warm.running(home) == []
+
+
+def _args(snapshot, exp, parent, variant: Variant, cfg: TrainConfig = CFG, map_index: int = 0) -> dict:
+    return {
+        "snapshot": snapshot, "variant_dict": variant.to_dict(), "cfg": asdict(cfg), "experiment_id": exp,
+        "parent_run_id": parent, "map_index": map_index, "try_number": 1,
+    }  # fmt: skip
+
+
+def _wait(predicate, timeout: float, what: str):
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.2)
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+def test_one_trainer_serves_consecutive_tasks_of_its_slot(setup, home):
+    snapshot, client, exp, parent = setup
+    variants = [Variant(preprocessing=p, hidden=(8,), hidden_bn=False) for p in ("standard", "bn_first")]
+    results = [warm._run_in_pool(_args(snapshot, exp, parent, v, map_index=i), 1, 1) for i, v in enumerate(variants)]
+
+    assert [r["status"] for r in results] == ["ok", "ok"]
+    trainers = {client.get_run(r["run_id"]).data.tags["bnpipe.trainer"] for r in results}
+    live = warm.running(home)
+    assert len(live) == 1 and trainers == {f"warm pid {live[0]['pid']}"}  # one process trained both
+    assert live[0]["pid"] != os.getpid()
+    for r in results:
+        run = client.get_run(r["run_id"])
+        assert run.info.status == "FINISHED" and "test_accuracy" in run.data.metrics
+        assert [a.path for a in client.list_artifacts(r["run_id"], "model")] == ["model/model.keras"]
+
+
+def test_errors_come_back_to_the_task(setup):
+    snapshot, _, exp, parent = setup
+    broken = {**snapshot, "path": str(snapshot["path"]) + "-missing"}
+    with pytest.raises(warm.WarmTrainerError, match="missing"):
+        warm._run_in_pool(_args(broken, exp, parent, Variant(hidden=(8,))), 1, 1)
+    # the trainer survives a failed job and serves the next one
+    ok = warm._run_in_pool(_args(snapshot, exp, parent, Variant(hidden=(8,), hidden_bn=False)), 1, 1)
+    assert ok["status"] == "ok"
+
+
+TASK = """
+import json, signal, sys
+from bnpipe import warm
+args = json.loads(sys.argv[1])
+class TaskTimeout(BaseException):  # like Airflow's execution_timeout: raised in the waiting task
+    pass
+if len(sys.argv) > 2:
+    def timeout(*_):
+        raise TaskTimeout("execution_timeout")
+    signal.signal(signal.SIGALRM, timeout)
+    signal.alarm(int(sys.argv[2]))
+print(json.dumps(warm._run_in_pool(args, 1, 1)))
+"""
+
+
+def _task(args: dict, *extra: str) -> subprocess.Popen:
+    cmd = [sys.executable, "-c", TASK, json.dumps(args), *extra]
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _variant_run(client, exp, parent, timeout: float = 120):
+    """The variant run of the task under test, once it has logged an epoch."""
+
+    def found():
+        runs = tracking.variant_runs(client, parent)
+        return runs[0] if runs and client.get_metric_history(runs[0].info.run_id, "loss") else None
+
+    return _wait(found, timeout, "the variant run's first epoch")
+
+
+LONG = TrainConfig(epochs=3000, batch_size=8, threads=1)  # many minutes of work: only an abort ends it in time
+
+
+def test_a_killed_task_stops_its_trainer_and_the_run_is_killed(setup, home):
+    snapshot, client, exp, parent = setup
+    task = _task(_args(snapshot, exp, parent, Variant(hidden=(32,)), LONG))
+    run = _variant_run(client, exp, parent)
+    task.send_signal(signal.SIGKILL)
+    task.wait(timeout=30)
+    status = _wait(lambda: (s := client.get_run(run.info.run_id).info.status) != "RUNNING" and s, 60, "the run to end")
+    assert status == "KILLED"
+    assert len(warm.running(home)) == 1  # the trainer stopped the fit and lives on for the next task
+    epochs = len(client.get_metric_history(run.info.run_id, "loss"))
+    assert epochs < LONG.epochs
+
+
+def test_a_task_that_fails_while_waiting_marks_its_run_failed(setup):
+    snapshot, client, exp, parent = setup
+    task = _task(_args(snapshot, exp, parent, Variant(hidden=(32,)), LONG), "20")
+    run = _variant_run(client, exp, parent)
+    _, err = task.communicate(timeout=120)
+    assert task.returncode != 0 and "TaskTimeout: execution_timeout" in err  # the task failed with its own error
+    assert client.get_run(run.info.run_id).info.status == "FAILED"  # recorded before the task exited
+
+
+def test_idle_trainers_exit_on_their_own(setup, home, monkeypatch):
+    snapshot, _, exp, parent = setup
+    monkeypatch.setenv("BNPIPE_WARM_IDLE", "3")
+    warm._run_in_pool(_args(snapshot, exp, parent, Variant(hidden=(8,), hidden_bn=False), map_index=0), 1, 1)
+    assert len(warm.running(home)) == 1
+    _wait(lambda: warm.running(home) == [], 60, "the idle trainer to exit")
+
+
+def test_a_new_code_version_gets_its_own_pool(home, monkeypatch, tmp_path):
+    before = warm.pool_dir(1)
+    assert before.parent == home / "warm" and before.name.endswith("-t1")
+    assert warm.pool_dir(2) != before
+    monkeypatch.setattr(warm, "__file__", str(tmp_path / "warm.py"))  # another bnpipe tree: other sources
+    (tmp_path / "warm.py").write_text("# changed\n")
+    assert warm.pool_dir(1) != before
