@@ -11,8 +11,6 @@ import os
 import statistics
 import subprocess
 import sys
-import time
-from contextlib import contextmanager
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -57,68 +55,6 @@ def run_module(module: str, args: list[str], env: dict, timeout: float = 1800) -
         return json.loads(out.read_text())
     finally:
         out.unlink(missing_ok=True)
-
-
-class MlflowMeter:
-    """Wall time spent in MLflow while bnpipe trains: every ``MlflowClient`` call made through
-    ``bnpipe.tracking.connect()`` (params, metrics, tags, the artifact upload) plus Keras' save of
-    the compact ``model.keras``. Patches both while active; restores them on exit."""
-
-    def __init__(self):
-        self.seconds: dict[str, float] = {}
-
-    @contextmanager
-    def clock(self, key: str):
-        t0 = time.perf_counter()
-        try:
-            yield
-        finally:
-            self.seconds[key] = self.seconds.get(key, 0.0) + time.perf_counter() - t0
-
-    @property
-    def total(self) -> float:
-        return sum(self.seconds.values())
-
-    def __enter__(self) -> MlflowMeter:
-        import keras
-
-        from bnpipe import tracking
-
-        self._connect, self._save = tracking.connect, keras.Model.save
-        meter = self
-
-        class Client:
-            def __init__(self, inner):
-                self._inner = inner
-
-            def __getattr__(self, name):
-                attr = getattr(self._inner, name)
-                if not callable(attr):
-                    return attr
-
-                def timed(*args, **kwargs):
-                    with meter.clock(name):
-                        return attr(*args, **kwargs)
-
-                return timed
-
-        def connect(*args, **kwargs):
-            with meter.clock("connect"):
-                return Client(meter._connect(*args, **kwargs))
-
-        def save(model, *args, **kwargs):
-            with meter.clock("model.save"):
-                return meter._save(model, *args, **kwargs)
-
-        tracking.connect, keras.Model.save = connect, save
-        return self
-
-    def __exit__(self, *exc) -> None:
-        import keras
-
-        from bnpipe import tracking
-
-        tracking.connect, keras.Model.save = self._connect, self._save
 
 
 def epoch_periods(client, run_id: str, key: str = "loss") -> list[float]:

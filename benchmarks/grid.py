@@ -7,9 +7,10 @@
   the union of the intervals in which some task was inside ``fit`` (from the trainer's MLflow
   runs: ``train_seconds`` ending at the last epoch's metric timestamp), with a breakdown from the
   task instances (queued-to-running, task start-up before ``fit``, the compare task).
-- Row 5: the training tasks as separate processes (as the LocalExecutor runs them), at most
-  ``c`` at once, each under the thread cap ``BNPIPE_TRAIN_CONCURRENCY=c`` (so
-  ``BNPIPE_TF_THREADS`` defaults to cores // c).
+- Row 5: the training tasks as separate processes (as the LocalExecutor runs them, each
+  training in its slot's warm trainer, started afresh for each level), at most ``c`` at once,
+  under the thread cap ``BNPIPE_TRAIN_CONCURRENCY=c`` (so ``BNPIPE_TF_THREADS`` defaults to
+  cores // c).
 """
 
 from __future__ import annotations
@@ -58,16 +59,20 @@ def dag_run(stack, conf: dict, client) -> dict:
     exp = client.get_experiment_by_name("bnpipe")
     flt = f"tags.`{tracking.TAG}dag_run_id` = '{run_id}' and tags.`{tracking.TAG}role` = 'parent'"
     parent = client.search_runs([exp.experiment_id], filter_string=flt)[0]
-    fits = {}
+    fits, mlflow_seconds = {}, []
     for child in tracking.variant_runs(client, parent.info.run_id):
         last = max(m.timestamp for m in client.get_metric_history(child.info.run_id, "loss")) / 1000
         index = int(child.data.tags.get(tracking.TAG + "map_index", "-1"))
         fits[index] = (last - child.data.metrics["train_seconds"], last)
+        mlflow_seconds.append(child.data.metrics["mlflow_seconds"])
     training = _union_seconds(list(fits.values()))
     queued = [_ts(t["start_date"]) - _ts(t["queued_when"]) for t in tis if t.get("queued_when") and t["start_date"]]
     startup = [fits[t["map_index"]][0] - _ts(t["start_date"]) for t in tis if t["task_id"] == "train"]
     compare = [_ts(t["end_date"]) - _ts(t["start_date"]) for t in tis if t["task_id"] == "compare"]
     first_start = min(_ts(t["start_date"]) for t in tis if t["start_date"])
+    before = [t for t in tis if t["task_id"] in ("validate_params", "start_tracking", "ingest", "plan")]
+    first_train = min(_ts(t["start_date"]) for t in tis if t["task_id"] == "train")
+    teardown = [_ts(run["end_date"]) - _ts(t["start_date"]) for t in tis if t["task_id"] == "close_runs"]
     return {
         "run_id": run_id,
         "wall_seconds": wall,
@@ -77,6 +82,9 @@ def dag_run(stack, conf: dict, client) -> dict:
         "task_startup_seconds_median": sorted(startup)[len(startup) // 2] if startup else None,
         "compare_seconds": compare[0] if compare else None,
         "trigger_to_first_task_seconds": first_start - t0,
+        "before_training_seconds": first_train - min(_ts(t["start_date"]) for t in before),
+        "teardown_seconds": teardown[0] if teardown else None,
+        "variant_mlflow_seconds": mlflow_seconds,
         "tasks": len(tis),
     }
 
@@ -95,15 +103,22 @@ def script_run(stack, snapshot: dict, variants: list[dict], epochs: int, batch_s
 
 
 def end_to_end(stack, conf: dict, snapshot: dict, variants: list[dict], reps: int) -> dict:
-    """Row 4 (and row 7's DAG runs): DAG vs. script, interleaved, ``reps`` times."""
-    from bnpipe import tracking
+    """Row 4 (and row 7's DAG runs): DAG vs. script, interleaved, ``reps`` times.
+
+    Each repetition runs the DAG twice in a row: first with no warm trainer alive (as a scheduled
+    run finds them after ``BNPIPE_WARM_IDLE``), then right after, with the trainers still warm.
+    """
+    from bnpipe import tracking, warm
 
     client = tracking.connect(stack.mlflow_url)
-    out = {"dag": [], "script": []}
+    home = Path(stack.env["BNPIPE_HOME"])
+    out = {"dag": [], "dag_warm": [], "script": []}
     for rep in range(reps):
         for arm in rotated(["dag", "script"], rep):
             if arm == "dag":
+                warm.stop_all(home)
                 out["dag"].append(dag_run(stack, conf, client))
+                out["dag_warm"].append(dag_run(stack, conf, client))
             else:
                 tag = f"{int(time.time())}-{rep}"
                 out["script"].append(script_run(stack, snapshot, variants, conf["epochs"], conf["batch_size"], tag))
@@ -135,11 +150,12 @@ def _pool(jobs: list[tuple[list[str], dict, Path]], concurrency: int) -> float:
 
 def parallel(stack, params: dict, snapshot: dict, variants: list[dict], levels: list[int], reps: int, tmp: Path):
     """Row 5: the grid's training tasks with 1, 2, ... N at once, interleaved over ``reps``."""
-    from bnpipe import tracking
+    from bnpipe import tracking, warm
 
     out = {str(c): [] for c in levels}
     for rep in range(reps):
         for c in rotated(list(levels), rep):
+            warm.stop_all(Path(stack.env["BNPIPE_HOME"]))  # every level starts its own trainers
             run = tracking.start_dag_run(params, "benchmarks", f"parallel-{int(time.time())}-{rep}-c{c}", "")
             env = child_env(
                 {"MLFLOW_TRACKING_URI": stack.mlflow_url, "BNPIPE_TRAIN_CONCURRENCY": c}, drop=("BNPIPE_TF_", "OMP_")

@@ -99,6 +99,7 @@ def trainer_rows(res: dict) -> list[dict]:
     speed = [a["samples_per_second"] / b["samples_per_second"] for a, b in zip(t, plain)]
     whole = [b["fit_seconds"] / a["fit_seconds"] for a, b in zip(t, plain)]
     inst = [100 * (b["samples_per_second"] / a["samples_per_second"] - 1) for a, b in zip(t, off)]
+    inst_self = [100 * a["instrument_share"] for a in t if a.get("instrument_share") is not None]
     peak = [r["peak_gflops"] for r in reps]
     frac = [a["gflops"] / r["peak_gflops"] for a, r in zip(t, reps)]
     frac_plain = [b["gflops"] / r["peak_gflops"] for b, r in zip(plain, reps)]
@@ -111,6 +112,8 @@ def trainer_rows(res: dict) -> list[dict]:
         _row("1d", "trainer / plain, whole `fit` call incl. tracing and XLA compile", whole, "x"),
         _row("1e", "instrumentation's cost (instrument on vs. off, samples/s)", inst, "%", "< 5",
              _check(inst, lambda m: m < 5), 1),
+        _row("1f", "  instrumentation's own time per epoch (timed inside its callback) / epoch period", inst_self,
+             "%", "< 5", _check(inst_self, lambda m: m < 5), 1),
         _row("2a", "fp32 matmul peak (tf.matmul 2048^2)", peak, "GFLOP/s", digits=1),
         _row("2b", "trainer achieved (Dense FLOPs, fwd+bwd x3, + validation fwd)", [a["gflops"] for a in t],
              "GFLOP/s", digits=1),
@@ -119,15 +122,18 @@ def trainer_rows(res: dict) -> list[dict]:
     ]  # fmt: skip
 
 
-def mlflow_rows(res: dict, par: dict) -> list[dict]:
+def mlflow_rows(res: dict, par: dict, e2e: dict) -> list[dict]:
+    """Per variant, from what each trainer logged (``mlflow_seconds``): rows 1-3's trainer runs, row 5's
+    tasks and the variants of row 4's DAG runs."""
     per_variant = [r["trainer"]["mlflow_seconds"] for r in res["reps"]]
     per_variant += [t["mlflow_seconds"] for runs in par.values() for run in runs for t in run["tasks"]]
+    per_variant += [s for d in e2e["dag"] + e2e["dag_warm"] for s in d["variant_mlflow_seconds"]]
     share = [r["trainer"]["mlflow_seconds"] / r["trainer"]["fit_seconds"] for r in res["reps"]]
     share += [t["mlflow_seconds"] / t["train_seconds"] for runs in par.values() for run in runs for t in run["tasks"]]
     full = [r["registry"]["full_model_seconds"] for r in res["reps"]]
     registry = [r["registry"]["registry_seconds"] for r in res["reps"]]
     return [
-        _row("3a", "MLflow per variant: params, metrics, dataset, compact model.keras (save + upload)", per_variant,
+        _row("3a", "MLflow per variant: connect, params, metrics, dataset, model.keras (save + upload)", per_variant,
              "s", "< 0.5", _check(per_variant, lambda m: m < 0.5)),
         _row("3b", "  MLflow per variant / its training time", [100 * s for s in share], "%", digits=1),
         _row("3c", "winner only: full MLflow pyfunc model (once per DAG run)", full, "s"),
@@ -136,13 +142,17 @@ def mlflow_rows(res: dict, par: dict) -> list[dict]:
 
 
 def grid_rows(e2e: dict, par: dict, levels: list[int]) -> tuple[list[dict], int]:
-    dag, script = e2e["dag"], e2e["script"]
+    dag, warm_dag, script = e2e["dag"], e2e["dag_warm"], e2e["script"]
     ratio = [d["wall_seconds"] / s["wall_seconds"] for d, s in zip(dag, script)]
+    warm_ratio = [d["wall_seconds"] / s["wall_seconds"] for d, s in zip(warm_dag, script)]
     rows = [
-        _row("4a", "DAG under the scheduler / sequential script with autolog, wall time", ratio, "x", "<= 0.8",
-             _check(ratio, lambda m: m <= 0.8)),
-        _row("4b", "  DAG run, trigger to end", [d["wall_seconds"] for d in dag], "s", digits=1),
+        _row("4a", "DAG under the scheduler (trainers cold) / sequential script with autolog, wall time", ratio,
+             "x", "<= 0.8", _check(ratio, lambda m: m <= 0.8)),
+        _row("4b", "  DAG run, trigger to end (trainers cold)", [d["wall_seconds"] for d in dag], "s", digits=1),
         _row("4c", "  script, process start to exit", [s["wall_seconds"] for s in script], "s", digits=1),
+        _row("4d", "DAG run right after another (trainers warm) / script", warm_ratio, "x", "<= 0.8",
+             _check(warm_ratio, lambda m: m <= 0.8)),
+        _row("4e", "  DAG run, trigger to end (trainers warm)", [d["wall_seconds"] for d in warm_dag], "s", digits=1),
     ]  # fmt: skip
     base = [r["wall_seconds"] for r in par[str(levels[0])]]
     best, best_wall = levels[0], summary(base)["median"]
@@ -154,15 +164,24 @@ def grid_rows(e2e: dict, par: dict, levels: list[int]) -> tuple[list[dict], int]
             best, best_wall = c, summary(walls)["median"]
     rows.append(_row("5-1", "  grid wall time with 1 task at a time", base, "s", digits=1))
     over = [d["overhead_seconds"] for d in dag]
+    warm_over = [d["overhead_seconds"] for d in warm_dag]
     rows += [
-        _row("7a", "orchestration overhead per DAG run (wall - time inside `fit`)", over, "s", "< 5",
+        _row("7a", "orchestration overhead per DAG run (wall - time inside `fit`), trainers cold", over, "s", "< 5",
              _check(over, lambda m: m < 5), 1),
+        _row("7a'", "orchestration overhead per DAG run, trainers warm", warm_over, "s", "< 5",
+             _check(warm_over, lambda m: m < 5), 1),
         _row("7b", "  trigger to first task running", [d["trigger_to_first_task_seconds"] for d in dag], "s", digits=1),
         _row("7c", "  queued to running, summed over tasks", [d["queued_seconds_total"] for d in dag], "s", digits=1),
-        _row("7d", "  train task start to `fit` start (process, imports, data, MLflow run), median",
+        _row("7d", "  train task start to `fit` start (process, trainer, data, MLflow run), median, cold",
              [d["task_startup_seconds_median"] for d in dag], "s", digits=1),
-        _row("7e", "  compare task (rank, full model, registry, report)", [d["compare_seconds"] for d in dag], "s",
-             digits=1),
+        _row("7d'", "  train task start to `fit` start, median, warm",
+             [d["task_startup_seconds_median"] for d in warm_dag], "s", digits=1),
+        _row("7e", "  compare task (rank, full model, registry, report)",
+             [d["compare_seconds"] for d in dag + warm_dag], "s", digits=1),
+        _row("7f", "  first task start to first training task start (validate, track, ingest, plan)",
+             [d["before_training_seconds"] for d in dag + warm_dag], "s", digits=1),
+        _row("7g", "  teardown (close_runs) start to the run's end", [d["teardown_seconds"] for d in dag + warm_dag],
+             "s", digits=1),
     ]  # fmt: skip
     return rows, best
 
@@ -281,7 +300,7 @@ def run(mode: str = "full", stack=None, out: Path | None = None, argv: list[str]
             stack.stop()
         shutil.rmtree(work, ignore_errors=True)
 
-    rows = trainer_rows(raw["trainer"]) + mlflow_rows(raw["trainer"], raw["parallel"])
+    rows = trainer_rows(raw["trainer"]) + mlflow_rows(raw["trainer"], raw["parallel"], raw["e2e"])
     g_rows, best = grid_rows(raw["e2e"], raw["parallel"], levels)
     rows += g_rows + ingest_rows(raw["ingest"], size["synthetic"])
     rows.sort(key=lambda r: r["id"][0])  # by row number, stable within
@@ -311,8 +330,10 @@ def run(mode: str = "full", stack=None, out: Path | None = None, argv: list[str]
         f"{size['grid']['batch_size']}; the DAG with its defaults ({cores} training tasks at once, "
         f"{max(1, cores // cores)} TensorFlow thread each), the script with TensorFlow's defaults.",
         f"- **Row 5**: the same variants with {json.dumps(size['parallel'])}, each training task a process of its "
-        f"own (as the LocalExecutor runs them), {size['parallel_reps']} repetitions per level.",
-        "- **Row 6**: one fresh process per ingest; peak RSS from `wait4`, above the process's RSS after its imports.",
+        f"own (as the LocalExecutor runs them) training in its slot's warm trainer, started afresh for each level, "
+        f"{size['parallel_reps']} repetitions per level.",
+        "- **Row 6**: one fresh process per ingest; peak RSS is the kernel's high-water mark (VmHWM), reset after "
+        "the imports and a warm-up, above the RSS at that point.",
         "",
         table(rows),
         "",

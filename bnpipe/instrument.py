@@ -14,7 +14,8 @@ Metrics and their step axis:
 - ``gen_gap_accuracy``, ``gen_gap_loss`` (train - val), ``dead_fraction[/<layer>]`` (ReLU-family
   units whose pre-activation is <= 0 on every row of the fixed sample), ``train_mode_accuracy``,
   ``infer_mode_accuracy``, ``mode_gap_accuracy`` (train-mode - inference-mode accuracy on a fixed
-  validation sample, batch by batch as in training): epoch.
+  validation sample, batch by batch as in training), ``instrument_seconds`` (the wall time of all
+  of the above in that epoch, so its cost is visible next to ``epoch_seconds``): epoch.
 - At the end: ``val_accuracy_epoch1``, ``grad_log10_ratio_initial``, ``grad_log10_ratio_mean``,
   ``steps_per_epoch``.
 
@@ -201,7 +202,24 @@ def callback(X_tr, y_tr, X_va, y_va, batch_size: int, steps_per_epoch: int, sink
     xg, yg = X_tr[gi], y_tr[gi]
     xv, yv = X_va[vi], y_va[vi]
 
+    import time
+
+    def clocked(hook):
+        """Adds the hook's wall time to ``self.spent``: the epoch rows carry ``instrument_seconds``."""
+
+        def wrapper(self, *args, **kwargs):
+            t0 = time.perf_counter()
+            try:
+                return hook(self, *args, **kwargs)
+            finally:
+                self.spent += time.perf_counter() - t0
+
+        return wrapper
+
     class Instrument(keras.callbacks.Callback):
+        spent = 0.0
+
+        @clocked
         def on_train_begin(self, logs=None):
             self.rows, self.step, self.last_grad, self.ratios = [], 0, 0, []
             self.val_acc = []
@@ -244,6 +262,7 @@ def callback(X_tr, y_tr, X_va, y_va, batch_size: int, steps_per_epoch: int, sink
         def on_epoch_begin(self, epoch, logs=None):
             self.epoch_start = epoch * steps_per_epoch
 
+        @clocked
         def on_train_batch_end(self, batch, logs=None):
             self.step = self.epoch_start + batch + 1
             if grad_every_steps and self.step - self.last_grad >= grad_every_steps:
@@ -252,6 +271,7 @@ def callback(X_tr, y_tr, X_va, y_va, batch_size: int, steps_per_epoch: int, sink
                 self._bn(self.step)
 
         def on_epoch_end(self, epoch, logs=None):
+            t0 = time.perf_counter()
             logs = logs or {}
             self.step = (epoch + 1) * steps_per_epoch
             if self.last_grad != self.step:
@@ -270,6 +290,8 @@ def callback(X_tr, y_tr, X_va, y_va, batch_size: int, steps_per_epoch: int, sink
                 train_acc, infer_acc = mode_accuracies(self.model, xv, yv, batch_size)
                 row.update(train_mode_accuracy=train_acc, infer_mode_accuracy=infer_acc)
                 row["mode_gap_accuracy"] = train_acc - infer_acc
+            row["instrument_seconds"] = self.spent + time.perf_counter() - t0  # this epoch's, all hooks
+            self.spent = 0.0
             self.rows.append((finite(row), epoch + 1))
             self.flush()
 

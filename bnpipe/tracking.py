@@ -64,6 +64,27 @@ def connect(uri: str | None = None, attempts: int = 4, first_wait: float = 1.0):
     )
 
 
+class Timed:
+    """An ``MlflowClient`` whose method calls are timed: ``seconds`` is the wall time spent in MLflow."""
+
+    def __init__(self, client, seconds: float = 0.0):
+        self._client, self.seconds = client, seconds
+
+    def __getattr__(self, name):
+        attr = getattr(self._client, name)
+        if not callable(attr):
+            return attr
+
+        def timed(*args, **kwargs):
+            t0 = time.perf_counter()
+            try:
+                return attr(*args, **kwargs)
+            finally:
+                self.seconds += time.perf_counter() - t0
+
+        return timed
+
+
 def ensure_experiment(client, name: str | None = None) -> str:
     """The experiment's id; created with a project-local artifact root when the store is local."""
     name = name or settings.experiment_name()

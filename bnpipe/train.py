@@ -179,7 +179,9 @@ def run_variant(
     """
     configure_threads(cfg.threads)
     variant = Variant.from_dict(variant_dict)
+    t_connect = time.perf_counter()
     client = tracking.connect()
+    client = tracking.Timed(client, time.perf_counter() - t_connect)  # -> metric mlflow_seconds
     key = train_key(snapshot["digest"], variant, cfg)
     run_id = tracking.start_variant_run(
         client,
@@ -216,8 +218,12 @@ def run_variant(
             summary.update(evaluate(model, snapshot["path"], "test"))
             with tempfile.TemporaryDirectory() as tmp:
                 path = Path(tmp) / "model.keras"
+                t_save = time.perf_counter()
                 model.save(path)
+                client.seconds += time.perf_counter() - t_save
                 client.log_artifact(run_id, str(path), artifact_path=str(Path(MODEL_ARTIFACT).parent))
+        # MLflow's share of this variant: every client call so far and the model file (not the last few requests)
+        summary["mlflow_seconds"] = client.seconds
         summary = {k: v for k, v in summary.items() if _finite(v)}
         tracking.log_metric_rows(client, run_id, [(summary, summary["epochs_run"]), *pending])
         metrics = {k: v for k, v in {**final, **summary}.items() if _finite(v)}

@@ -18,8 +18,8 @@ from benchmarks import run as bench  # noqa: E402
 pytestmark = pytest.mark.integration
 
 EXPECTED = {
-    "1a", "1b", "1c", "1d", "1e", "2a", "2b", "2c", "2d", "3a", "3b", "3c", "3d", "4a", "4b", "4c",
-    "5-1", "5-2", "6a", "6b", "6c", "6d", "6e", "7a", "7b", "7c", "7d", "7e",
+    "1a", "1b", "1c", "1d", "1e", "1f", "2a", "2b", "2c", "2d", "3a", "3b", "3c", "3d", "4a", "4b", "4c", "4d",
+    "4e", "5-1", "5-2", "6a", "6b", "6c", "6d", "6e", "7a", "7a'", "7b", "7c", "7d", "7d'", "7e", "7f", "7g",
 }  # fmt: skip
 
 
@@ -33,7 +33,7 @@ def test_smoke_run_has_every_row_with_numbers(live_stack, tmp_path):
         assert s["n"] >= 1 and all(math.isfinite(s[k]) for k in ("median", "min", "max")), (rid, s)
         assert s["min"] <= s["median"] <= s["max"], (rid, s)
     # the measured quantities are physical: positive times, rates and peaks
-    for rid in ("1b", "1c", "2a", "2b", "3a", "4b", "4c", "5-1", "6a", "6b"):
+    for rid in ("1b", "1c", "1f", "2a", "2b", "3a", "4b", "4c", "4e", "5-1", "6a", "6b", "7f"):
         assert rows[rid]["stats"]["median"] > 0, rid
     text = out.read_text()
     for rid, row in rows.items():
