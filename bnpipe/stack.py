@@ -174,6 +174,9 @@ class Stack:
             "AIRFLOW__API_AUTH__JWT_SECRET": self.jwt_secret,
             "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "30",
             "AIRFLOW__SCHEDULER__ENABLE_HEALTH_CHECK": "False",
+            # the scheduler's nap when a loop found nothing to do (default 1 s): each task of a run
+            # waits up to that long to be scheduled after its upstream ends; 0.2 s cut a DAG run's wall time
+            "AIRFLOW__SCHEDULER__SCHEDULER_IDLE_SLEEP_TIME": "0.2",
             "MLFLOW_TRACKING_URI": self.mlflow_url,
             "BNPIPE_MLFLOW_UI_URL": self.mlflow_url,
             "TF_CPP_MIN_LOG_LEVEL": "2",
