@@ -8,7 +8,8 @@ variant per request for every later task of that slot. Each task still runs unde
 before, holds its slot for as long as it trains, and gets the trainer's output in its own log.
 
 Protocol (JSON lines on an abstract Unix socket, so deep ``BNPIPE_HOME`` paths never hit the
-108-byte socket path limit):
+108-byte socket path limit; a trainer serves only processes of its own user, checked with
+``SO_PEERCRED``):
 
 - task -> trainer: ``{"job": {...run_variant's arguments...}, "env": {BNPIPE_*, MLFLOW_*}}``;
   later, optionally, ``{"abort": "FAILED"}`` when the task itself fails (e.g. its timeout);
@@ -142,6 +143,7 @@ def _run_in_pool(args: dict, threads: int, slots: int) -> dict | None:
                 except WarmTrainerError as exc:  # could not get a trainer: train here rather than fail
                     print(f"bnpipe: {exc}", file=sys.stderr)
                     return None
+                print(f"bnpipe: training in the warm trainer of slot {slot} (log: {pool / f'slot-{slot}.log'})")
                 with conn:
                     try:
                         return _exchange(conn, args)
@@ -283,6 +285,14 @@ def _handle(conn: socket.socket) -> None:
         _send(conn, reply, lock)
 
 
+def _peer_uid(conn: socket.socket) -> int:
+    """The connecting process's user id (SO_PEERCRED: pid, uid, gid)."""
+    import struct
+
+    creds = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    return struct.unpack("3i", creds)[1]
+
+
 def _rss_mb() -> float:
     for line in Path("/proc/self/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
@@ -313,6 +323,9 @@ def serve(pool: Path, slot: int, threads: int) -> int:
                 print("idle: exiting", flush=True)
                 return 0
             with conn:
+                if _peer_uid(conn) != os.getuid():  # abstract sockets have no file permissions: check the peer
+                    print("refused a connection from another user", flush=True)
+                    continue
                 conn.settimeout(None)
                 _handle(conn)
             if _rss_mb() > max_rss_mb():

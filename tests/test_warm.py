@@ -149,3 +149,32 @@ def test_a_new_code_version_gets_its_own_pool(home, monkeypatch, tmp_path):
     monkeypatch.setattr(warm, "__file__", str(tmp_path / "warm.py"))  # another bnpipe tree: other sources
     (tmp_path / "warm.py").write_text("# changed\n")
     assert warm.pool_dir(1) != before
+
+
+OTHER_USER = """
+import json, socket, sys
+conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+conn.connect("\\0" + sys.argv[1])  # an abstract address: a leading NUL
+conn.sendall((json.dumps({"job": {}, "env": {}}) + "\\n").encode())
+try:
+    print(repr(conn.recv(4096)))
+except ConnectionResetError:  # closed with our request unread
+    print("reset")
+"""
+
+
+SYSTEM_PYTHON = "/usr/bin/python3"  # the client needs only the standard library; the venv may be private
+
+
+@pytest.mark.skipif(os.getuid() != 0, reason="needs root to run a client as another user")
+@pytest.mark.skipif(not os.path.exists(SYSTEM_PYTHON), reason=f"no {SYSTEM_PYTHON}")
+def test_a_trainer_serves_only_its_own_user(setup, home):
+    snapshot, _, exp, parent = setup
+    warm._run_in_pool(_args(snapshot, exp, parent, Variant(hidden=(8,), hidden_bn=False)), 1, 1)
+    address = warm._address(warm.pool_dir(1), 0).removeprefix("\0")  # argv cannot carry the NUL
+    nobody = subprocess.run(
+        [SYSTEM_PYTHON, "-c", OTHER_USER, address], capture_output=True, text=True, timeout=30, user=65534, cwd="/"
+    )
+    assert nobody.returncode == 0, nobody.stderr
+    assert nobody.stdout.strip() in ("b''", "reset")  # closed without a word
+    assert "refused a connection from another user" in (warm.pool_dir(1) / "slot-0.log").read_text()
