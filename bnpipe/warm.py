@@ -17,8 +17,9 @@ Protocol (JSON lines on an abstract Unix socket, so deep ``BNPIPE_HOME`` paths n
 
 If the task goes away mid-fit (SIGKILL: the socket closes), the trainer stops at the next
 execution boundary (every ``steps_per_execution`` steps) and marks the variant's MLflow run
-KILLED; on ``abort`` it marks it with the given status. A slot is an exclusive ``flock`` on a
-file, so it is released even when its holder is killed.
+KILLED; on ``abort`` it marks it with the given status. A trainer that does not answer an abort
+within ``ABORT_GRACE`` seconds is killed by the task, so a hung trainer never holds its slot.
+A slot is an exclusive ``flock`` on a file, so it is released even when its holder is killed.
 
 Trainers live under ``$BNPIPE_HOME/warm/<code digest>-t<threads>/``: a pool per code version and
 thread cap, so a changed ``bnpipe`` never runs in an old trainer. They exit after
@@ -146,10 +147,11 @@ def _run_in_pool(args: dict, threads: int, slots: int) -> dict | None:
                 print(f"bnpipe: training in the warm trainer of slot {slot} (log: {pool / f'slot-{slot}.log'})")
                 with conn:
                     try:
-                        return _exchange(conn, args)
+                        return _exchange(conn, args, pool, slot)
                     except _Vanished:
                         if attempt == 2:
                             raise
+                time.sleep(0.5)  # a trainer that was exiting: give its socket time to go
         finally:
             lock.close()
     return None
@@ -189,36 +191,63 @@ def _connect_or_spawn(pool: Path, slot: int, threads: int) -> socket.socket:
     raise WarmTrainerError(f"the warm trainer for slot {slot} did not start within {START_TIMEOUT:.0f} s (log: {log})")
 
 
-def _exchange(conn: socket.socket, args: dict) -> dict:
+def _exchange(conn: socket.socket, args: dict, pool: Path, slot: int) -> dict:
     env = {k: v for k, v in os.environ.items() if k.startswith(ENV_PREFIXES)}
-    _send(conn, {"job": args, "env": env})
+    try:
+        _send(conn, {"job": args, "env": env})
+    except (BrokenPipeError, ConnectionResetError) as exc:
+        raise _Vanished(f"the warm trainer closed the connection: {exc}") from exc
     replies = conn.makefile("rb")
     try:
         return _read_result(replies)
     except (WarmTrainerError, ConnectionError):  # the trainer is gone: nobody to tell
         raise
     except BaseException:  # this task is failing (its timeout, a SIGTERM): the trainer records it
-        with contextlib.suppress(OSError):
-            _send(conn, {"abort": "FAILED"})
-            conn.settimeout(ABORT_GRACE)
-            with contextlib.suppress(WarmTrainerError, TimeoutError):
-                _read_result(replies)
+        if not _abort(conn, replies):  # no answer: a hung trainer would block its slot for good
+            _kill_trainer(pool, slot)
         raise
+
+
+def _abort(conn: socket.socket, replies) -> bool:
+    """Ask the trainer to stop and mark the run FAILED; False if it did not answer within ABORT_GRACE."""
+    try:
+        _send(conn, {"abort": "FAILED"})
+        conn.settimeout(ABORT_GRACE)
+        _read_result(replies)
+    except TimeoutError:
+        return False
+    except (WarmTrainerError, OSError):  # it answered with the error, or closed the connection
+        pass
+    return True
+
+
+def _kill_trainer(pool: Path, slot: int) -> None:
+    try:
+        rec = json.loads((pool / f"slot-{slot}.pid").read_text())
+    except (OSError, ValueError):
+        return
+    if start_ticks(rec["pid"]) == rec["start_ticks"]:
+        print(f"bnpipe: the warm trainer {rec['pid']} did not answer the abort; killing it", file=sys.stderr)
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(rec["pid"], signal.SIGKILL)
 
 
 def _read_result(replies) -> dict:
     heard = False
-    for line in replies:
-        heard = True
-        msg = json.loads(line)
-        if "out" in msg:
-            sys.stdout.write(msg["out"])
-            sys.stdout.flush()
-        elif "result" in msg:
-            return msg["result"]
-        elif "error" in msg:
-            print(msg.get("traceback", ""), file=sys.stderr)
-            raise WarmTrainerError(msg["error"])
+    try:
+        for line in replies:
+            heard = True
+            msg = json.loads(line)
+            if "out" in msg:
+                sys.stdout.write(msg["out"])
+                sys.stdout.flush()
+            elif "result" in msg:
+                return msg["result"]
+            elif "error" in msg:
+                print(msg.get("traceback", ""), file=sys.stderr)
+                raise WarmTrainerError(msg["error"])
+    except ConnectionResetError:  # the trainer died (or was dying when we connected)
+        pass
     error = WarmTrainerError if heard else _Vanished
     raise error("the warm trainer went away before it answered (see its log under $BNPIPE_HOME/warm/)")
 

@@ -85,6 +85,8 @@ from bnpipe import warm
 args = json.loads(sys.argv[1])
 class TaskTimeout(BaseException):  # like Airflow's execution_timeout: raised in the waiting task
     pass
+if len(sys.argv) > 3:
+    warm.ABORT_GRACE = float(sys.argv[3])
 if len(sys.argv) > 2:
     def timeout(*_):
         raise TaskTimeout("execution_timeout")
@@ -132,6 +134,20 @@ def test_a_task_that_fails_while_waiting_marks_its_run_failed(setup):
     _, err = task.communicate(timeout=120)
     assert task.returncode != 0 and "TaskTimeout: execution_timeout" in err  # the task failed with its own error
     assert client.get_run(run.info.run_id).info.status == "FAILED"  # recorded before the task exited
+
+
+def test_a_trainer_that_does_not_answer_the_abort_is_killed_and_the_slot_recovers(setup, home):
+    snapshot, client, exp, parent = setup
+    task = _task(_args(snapshot, exp, parent, Variant(hidden=(32,)), LONG), "20", "2")
+    _variant_run(client, exp, parent)
+    (hung,) = warm.running(home)
+    os.kill(hung["pid"], signal.SIGSTOP)  # a trainer stuck in its job
+    _, err = task.communicate(timeout=120)
+    assert task.returncode != 0 and "did not answer the abort; killing it" in err
+    _wait(lambda: warm.start_ticks(hung["pid"]) is None, 30, "the hung trainer to be gone")
+    ok = warm._run_in_pool(_args(snapshot, exp, parent, Variant(hidden=(8,), hidden_bn=False), map_index=1), 1, 1)
+    assert ok["status"] == "ok"
+    assert [t["pid"] for t in warm.running(home)] != [hung["pid"]]  # a new trainer holds the slot
 
 
 def test_idle_trainers_exit_on_their_own(setup, home, monkeypatch):
