@@ -240,7 +240,7 @@ def _command(argv: list[str]) -> str:
 
 def run(mode: str = "full", stack=None, out: Path | None = None, argv: list[str] | None = None, log=print) -> dict:
     """Run every row; returns ``{"rows": [...], "markdown": str, "raw": {...}}`` and writes ``out``."""
-    from bnpipe import data
+    from bnpipe import data, settings
     from bnpipe import params as spec
     from bnpipe.stack import EXPERIMENT_DAG, Stack
 
@@ -327,8 +327,8 @@ def run(mode: str = "full", stack=None, out: Path | None = None, argv: list[str]
         "epochs (epoch-end to epoch-end, after the first), MLflow server over HTTP.",
         f"- **Rows 4, 7**: Fashion-MNIST `max_rows={size['grid']['max_rows']}`, {len(variants)} variants of the "
         f"`default` grid (axes {json.dumps(size['grid']['axes'])}), {size['grid']['epochs']} epochs, batch "
-        f"{size['grid']['batch_size']}; the DAG with its defaults ({cores} training tasks at once, "
-        f"{max(1, cores // cores)} TensorFlow thread each), the script with TensorFlow's defaults.",
+        f"{size['grid']['batch_size']}; the DAG with its defaults ({settings.train_concurrency()} training tasks at "
+        f"once, {settings.tf_threads()} TensorFlow thread(s) each), the script with TensorFlow's defaults.",
         f"- **Row 5**: the same variants with {json.dumps(size['parallel'])}, each training task a process of its "
         f"own (as the LocalExecutor runs them) training in its slot's warm trainer, started afresh for each level, "
         f"{size['parallel_reps']} repetitions per level.",

@@ -72,7 +72,7 @@ def port_is_free(port: int) -> bool:
         return True
 
 
-def _start_ticks(pid: int) -> int | None:
+def start_ticks(pid: int) -> int | None:
     """The process's start time in clock ticks since boot (None if it is gone): PID reuse guard."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
@@ -236,7 +236,7 @@ class Stack:
                 start_new_session=True, cwd=os.getcwd(),
             )  # fmt: skip
         self._procs[name] = proc
-        record = {"pid": proc.pid, "start_ticks": _start_ticks(proc.pid), "cmd": cmd}
+        record = {"pid": proc.pid, "start_ticks": start_ticks(proc.pid), "cmd": cmd}
         self._pid_file(name).write_text(json.dumps(record) + "\n")
         return proc.pid
 
@@ -249,7 +249,7 @@ class Stack:
     def alive(self, name: str) -> bool:
         """Is the recorded process of ``name`` still the one we started?"""
         rec = self._record(name)
-        return bool(rec) and _start_ticks(rec["pid"]) == rec["start_ticks"]
+        return bool(rec) and start_ticks(rec["pid"]) == rec["start_ticks"]
 
     def recorded(self) -> list[str]:
         return sorted(p.stem for p in self.run_dir.glob("*.pid")) if self.run_dir.is_dir() else []
@@ -363,7 +363,7 @@ class Stack:
         names = sorted(self.recorded(), key=lambda n: order.index(n) if n in order else -1)
         for name in names:
             rec = self._record(name)
-            if rec and _start_ticks(rec["pid"]) == rec["start_ticks"]:
+            if rec and start_ticks(rec["pid"]) == rec["start_ticks"]:
                 self._terminate(rec["pid"])
             proc = self._procs.pop(name, None)
             if proc is not None:
@@ -384,7 +384,7 @@ class Stack:
                 os.killpg(pgid, 0)
             except ProcessLookupError:
                 return
-            if _start_ticks(pgid) is None:  # leader exited (maybe a zombie we reap later)
+            if start_ticks(pgid) is None:  # leader exited (maybe a zombie we reap later)
                 if not _group_members(pgid):
                     return
             time.sleep(0.2)

@@ -49,6 +49,7 @@ import traceback
 from pathlib import Path
 
 from bnpipe import settings
+from bnpipe.stack import start_ticks  # the PID-reuse guard the stack's own PID files use
 
 ENV_PREFIXES = ("BNPIPE_", "MLFLOW_")
 START_TIMEOUT = 120.0  # a trainer's own start: the TensorFlow import, on a busy machine
@@ -89,15 +90,6 @@ def pool_dir(threads: int) -> Path:
 
 def _address(pool: Path, slot: int) -> str:
     return "\0bnpipe-warm-" + hashlib.sha256(f"{pool}/{slot}".encode()).hexdigest()[:24]
-
-
-def start_ticks(pid: int) -> int | None:
-    """The process's start time in clock ticks (field 22 of /proc/<pid>/stat); None if it is gone or a zombie."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return None
-    return None if fields[0] == "Z" else int(fields[19])
 
 
 def _send(conn: socket.socket, message: dict, lock: threading.Lock | None = None) -> None:

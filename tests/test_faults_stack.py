@@ -40,10 +40,10 @@ def _experiment_id(stack) -> str:
 
 def _runs(stack, flt: str, view: str = "ACTIVE_ONLY") -> list[dict]:
     try:
-        _experiment_id(stack)
+        experiment_id = _experiment_id(stack)
     except urllib.error.HTTPError:  # not created yet: no runs
         return []
-    body = {"experiment_ids": [_experiment_id(stack)], "filter": flt, "run_view_type": view, "max_results": 1000}
+    body = {"experiment_ids": [experiment_id], "filter": flt, "run_view_type": view, "max_results": 1000}
     return mlflow_rest(stack, "POST", "runs/search", body).get("runs", [])
 
 

@@ -17,6 +17,7 @@ from dataclasses import asdict
 import pytest
 
 from bnpipe import data, tracking, warm
+from bnpipe.stack import start_ticks
 from bnpipe.train import TrainConfig
 from bnpipe.variants import Variant
 
@@ -144,7 +145,7 @@ def test_a_trainer_that_does_not_answer_the_abort_is_killed_and_the_slot_recover
     os.kill(hung["pid"], signal.SIGSTOP)  # a trainer stuck in its job
     _, err = task.communicate(timeout=120)
     assert task.returncode != 0 and "did not answer the abort; killing it" in err
-    _wait(lambda: warm.start_ticks(hung["pid"]) is None, 30, "the hung trainer to be gone")
+    _wait(lambda: start_ticks(hung["pid"]) is None, 30, "the hung trainer to be gone")
     ok = warm._run_in_pool(_args(snapshot, exp, parent, Variant(hidden=(8,), hidden_bn=False), map_index=1), 1, 1)
     assert ok["status"] == "ok"
     assert [t["pid"] for t in warm.running(home)] != [hung["pid"]]  # a new trainer holds the slot
