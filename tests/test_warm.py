@@ -172,10 +172,10 @@ OTHER_USER = """
 import json, socket, sys
 conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
 conn.connect("\\0" + sys.argv[1])  # an abstract address: a leading NUL
-conn.sendall((json.dumps({"job": {}, "env": {}}) + "\\n").encode())
 try:
+    conn.sendall((json.dumps({"job": {}, "env": {}}) + "\\n").encode())
     print(repr(conn.recv(4096)))
-except ConnectionResetError:  # closed with our request unread
+except (BrokenPipeError, ConnectionResetError):  # closed before or after our request: unread either way
     print("reset")
 """
 
