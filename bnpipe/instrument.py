@@ -4,20 +4,30 @@ Pure functions compute each quantity from a model and a fixed sample; ``callback
 a Keras callback that buffers rows and hands them to a sink (``train`` sends them to MLflow).
 
 Metrics and their step axis:
-- ``grad_norm/<dense layer>``, ``grad_log10_ratio`` (log10 of first / last Dense layer's gradient
-  norm: far below 0 means vanishing, far above exploding): training step; at step 0, every epoch's
-  end and, optionally, every ``grad_every_steps`` steps. Computed with a separate
-  ``tf.GradientTape`` on one fixed training batch, in train mode; BN moving statistics are restored.
+- ``grad_norm/<dense layer>`` (whole-layer L2 norm, for plots), ``grad_rms/<dense layer>`` (the
+  per-parameter RMS gradient: the norm over the square root of the layer's parameter count, so
+  a 784x300 layer and a 100x10 one are comparable), ``grad_log10_rms_ratio`` (log10 of the first /
+  last Dense layer's RMS gradient: far below 0 means vanishing, far above exploding): training
+  step; at step 0, every epoch's end and, optionally, every ``grad_every_steps`` steps. Computed
+  with a separate ``tf.GradientTape`` on one fixed training batch, in train mode; BN moving
+  statistics are restored.
 - ``bn_first/{moving,true}_{mean,var}`` (averaged over features), ``bn_first/mean_err_std`` (RMS
   error of the moving mean in units of the true std) and ``bn_first/var_ratio`` (moving / true
   variance): training step; every execution during the first ``bn_warmup_steps`` steps, then per epoch.
-- ``gen_gap_accuracy``, ``gen_gap_loss`` (train - val), ``dead_fraction[/<layer>]`` (ReLU-family
-  units whose pre-activation is <= 0 on every row of the fixed sample), ``train_mode_accuracy``,
-  ``infer_mode_accuracy``, ``mode_gap_accuracy`` (train-mode - inference-mode accuracy on a fixed
-  validation sample, batch by batch as in training), ``instrument_seconds`` (the wall time of all
-  of the above in that epoch, so its cost is visible next to ``epoch_seconds``): epoch.
-- At the end: ``val_accuracy_epoch1``, ``grad_log10_ratio_initial``, ``grad_log10_ratio_mean``,
-  ``steps_per_epoch``.
+- ``train_infer_accuracy`` (accuracy on a fixed training sample in inference mode, as validation
+  accuracy is measured), ``gen_gap_accuracy`` (that minus validation accuracy: both in inference
+  mode, so BN's train/inference difference does not leak into it), ``gen_gap_loss`` (Keras' val -
+  train loss), ``dead_fraction[/<layer>]`` (ReLU-family units that are dead on the fixed sample:
+  the activation's derivative is below 1e-6 on every row, so no gradient passes; plain ReLU units
+  with pre-activation <= 0 everywhere, ELU/SELU units saturated at their negative limit; a leaky
+  ReLU unit is never dead), ``train_mode_accuracy``, ``infer_mode_accuracy``,
+  ``mode_gap_accuracy`` (train-mode - inference-mode accuracy on a fixed validation sample of
+  ``mode_sample_rows`` rows, batch by batch as in training), ``instrument_seconds`` (the wall time
+  of all of the above in that epoch, so its cost is visible next to ``epoch_seconds``): epoch.
+- At the end: ``val_accuracy_epoch1``, ``loss_epoch1`` (mean training loss over the first epoch),
+  ``grad_log10_rms_ratio_initial`` (step 0), ``grad_abs_log10_rms_ratio_mean`` (mean of its
+  absolute value over all measurements), ``grad_log10_ratio_initial`` / ``_mean`` (the same for
+  whole-layer norms), ``steps_per_epoch``.
 
 All of it runs at epoch ends (or every few executions), never per step, on a few hundred rows.
 """
@@ -28,6 +38,8 @@ import math
 
 RELU_FAMILY = ("relu", "leaky_relu", "elu", "selu")
 GRAD_ROWS = 256  # rows of the fixed training batch for gradient norms and dead units
+TRAIN_ROWS = 2048  # rows of the fixed training sample for the inference-mode training accuracy
+DEAD_SLOPE = 1e-6  # a unit whose activation derivative stays below this on every row is dead
 MODE_BATCHES = 8  # validation batches for the train- vs. inference-mode accuracy
 BN_WARMUP_STEPS = 1024
 
@@ -109,6 +121,16 @@ def layer_grad_norms(model, x, y) -> dict[str, float]:
     return out
 
 
+def layer_param_counts(model) -> dict[str, int]:
+    """Trainable parameters per Dense layer (kernel and bias)."""
+    return {layer.name: sum(int(w.numpy().size) for w in layer.trainable_weights) for layer in dense_layers(model)}
+
+
+def rms(norms: dict[str, float], counts: dict[str, int]) -> dict[str, float]:
+    """Per-parameter RMS gradient per layer: the whole-layer norm over sqrt(parameter count)."""
+    return {k: v / math.sqrt(counts[k]) for k, v in norms.items() if counts.get(k)}
+
+
 def grad_log10_ratio(norms: dict[str, float]) -> float:
     """log10(first Dense layer's gradient norm / last one's); NaN when undefined."""
     values = list(norms.values())
@@ -120,8 +142,30 @@ def grad_log10_ratio(norms: dict[str, float]) -> float:
     return math.log10(first / last)
 
 
+def activation_slope(name: str, pre):
+    """The derivative of a ReLU-family activation at pre-activations ``pre`` (Keras' defaults)."""
+    import numpy as np
+
+    pre = np.asarray(pre, dtype="float64")
+    if name == "relu":
+        return (pre > 0).astype("float64")
+    if name == "leaky_relu":
+        return np.where(pre > 0, 1.0, 0.2)
+    if name == "elu":
+        return np.where(pre > 0, 1.0, np.exp(np.minimum(pre, 0.0)))
+    if name == "selu":
+        scale, alpha = 1.0507009873554805, 1.6732632423543772
+        return np.where(pre > 0, scale, scale * alpha * np.exp(np.minimum(pre, 0.0)))
+    raise ValueError(f"no slope for activation {name!r}; known: {', '.join(RELU_FAMILY)}")
+
+
 def dead_unit_fractions(model, x) -> dict[str, float]:
-    """Per ReLU-family hidden layer: fraction of units whose pre-activation is <= 0 on every row of ``x``."""
+    """Per ReLU-family hidden layer: fraction of units that are dead on every row of ``x``.
+
+    Dead means no gradient passes: the activation's derivative is below ``DEAD_SLOPE`` on every
+    row. For ReLU that is a pre-activation <= 0 everywhere; ELU and SELU units must be saturated
+    at their negative limit; a leaky ReLU unit always passes a gradient, so it is never dead.
+    """
     import keras
     import numpy as np
 
@@ -138,7 +182,8 @@ def dead_unit_fractions(model, x) -> dict[str, float]:
     out = {}
     for layer, inp in zip(layers, inputs):
         pre = np.asarray(inp) @ layer.kernel.numpy() + layer.bias.numpy()
-        out[layer.name] = float(np.mean(np.all(pre <= 0, axis=0)))
+        slope = activation_slope(layer.activation.__name__, pre)
+        out[layer.name] = float(np.mean(np.all(slope < DEAD_SLOPE, axis=0)))
     return out
 
 
@@ -177,6 +222,17 @@ def mode_accuracies(model, x, y, batch_size: int) -> tuple[float, float]:
     return float(np.mean(train == y)), float(np.mean(infer == y))
 
 
+def infer_accuracy(model, x, y) -> float:
+    """Accuracy on ``x`` in inference mode (BN uses its moving statistics), as validation is measured."""
+    import numpy as np
+
+    def build():
+        return lambda x: model(x, training=False)
+
+    probs = _compiled(model, "infer", build)(np.asarray(x, dtype="float32"))
+    return float(np.mean(np.argmax(np.asarray(probs), axis=-1) == y))
+
+
 def fixed_sample(n_rows: int, k: int, seed: int = 0):
     """Indices of a fixed sample: the same rows for every variant and seed."""
     import numpy as np
@@ -198,8 +254,10 @@ def callback(X_tr, y_tr, X_va, y_va, batch_size: int, steps_per_epoch: int, sink
     import numpy as np
 
     gi = fixed_sample(len(y_tr), GRAD_ROWS)
+    ti = fixed_sample(len(y_tr), TRAIN_ROWS, seed=2)
     vi = fixed_sample(len(y_va), MODE_BATCHES * batch_size, seed=1)
     xg, yg = X_tr[gi], y_tr[gi]
+    xt, yt = X_tr[ti], y_tr[ti]
     xv, yv = X_va[vi], y_va[vi]
 
     import time
@@ -221,8 +279,9 @@ def callback(X_tr, y_tr, X_va, y_va, batch_size: int, steps_per_epoch: int, sink
 
         @clocked
         def on_train_begin(self, logs=None):
-            self.rows, self.step, self.last_grad, self.ratios = [], 0, 0, []
-            self.val_acc = []
+            self.rows, self.step, self.last_grad, self.ratios, self.rms_ratios = [], 0, 0, [], []
+            self.val_acc, self.losses = [], []
+            self.counts = layer_param_counts(self.model)
             self.bn = first_bn(self.model)
             self.bn_probe, self.true_stats = None, None
             if self.bn is not None:
@@ -246,9 +305,14 @@ def callback(X_tr, y_tr, X_va, y_va, batch_size: int, steps_per_epoch: int, sink
         def _grads(self, step):
             norms = layer_grad_norms(self.model, xg, yg)
             ratio = grad_log10_ratio(norms)
+            per_param = rms(norms, self.counts)
+            rms_ratio = grad_log10_ratio(per_param)
             self.ratios.append(ratio)
+            self.rms_ratios.append(rms_ratio)
             row = {f"grad_norm/{k}": v for k, v in norms.items()}
+            row.update({f"grad_rms/{k}": v for k, v in per_param.items()})
             row["grad_log10_ratio"] = ratio
+            row["grad_log10_rms_ratio"] = rms_ratio
             self.rows.append((finite(row), step))
             self.last_grad = step
 
@@ -278,8 +342,11 @@ def callback(X_tr, y_tr, X_va, y_va, batch_size: int, steps_per_epoch: int, sink
                 self._grads(self.step)
             self._bn(self.step)
             self.val_acc.append(logs.get("val_accuracy"))
+            self.losses.append(logs.get("loss"))
+            train_acc = infer_accuracy(self.model, xt, yt)
             row = {
-                "gen_gap_accuracy": logs.get("accuracy", math.nan) - logs.get("val_accuracy", math.nan),
+                "train_infer_accuracy": train_acc,
+                "gen_gap_accuracy": train_acc - logs.get("val_accuracy", math.nan),
                 "gen_gap_loss": logs.get("val_loss", math.nan) - logs.get("loss", math.nan),
             }
             dead = dead_unit_fractions(self.model, xg)
@@ -287,9 +354,10 @@ def callback(X_tr, y_tr, X_va, y_va, batch_size: int, steps_per_epoch: int, sink
                 row.update({f"dead_fraction/{k}": v for k, v in dead.items()})
                 row["dead_fraction"] = float(np.mean(list(dead.values())))
             if self.bn is not None:
-                train_acc, infer_acc = mode_accuracies(self.model, xv, yv, batch_size)
-                row.update(train_mode_accuracy=train_acc, infer_mode_accuracy=infer_acc)
-                row["mode_gap_accuracy"] = train_acc - infer_acc
+                mode_acc, infer_acc = mode_accuracies(self.model, xv, yv, batch_size)
+                row.update(train_mode_accuracy=mode_acc, infer_mode_accuracy=infer_acc)
+                row["mode_gap_accuracy"] = mode_acc - infer_acc
+                row["mode_sample_rows"] = len(yv)
             row["instrument_seconds"] = self.spent + time.perf_counter() - t0  # this epoch's, all hooks
             self.spent = 0.0
             self.rows.append((finite(row), epoch + 1))
@@ -297,11 +365,15 @@ def callback(X_tr, y_tr, X_va, y_va, batch_size: int, steps_per_epoch: int, sink
 
         def on_train_end(self, logs=None):
             ratios = [r for r in self.ratios if math.isfinite(r)]
+            rms_ratios = [abs(r) for r in self.rms_ratios if math.isfinite(r)]
             row = {
                 "steps_per_epoch": steps_per_epoch,
                 "grad_log10_ratio_initial": self.ratios[0] if self.ratios else None,
                 "grad_log10_ratio_mean": float(np.mean(ratios)) if ratios else None,
+                "grad_log10_rms_ratio_initial": self.rms_ratios[0] if self.rms_ratios else None,
+                "grad_abs_log10_rms_ratio_mean": float(np.mean(rms_ratios)) if rms_ratios else None,
                 "val_accuracy_epoch1": self.val_acc[0] if self.val_acc else None,
+                "loss_epoch1": self.losses[0] if self.losses else None,
             }
             self.rows.append((finite(row), len(self.val_acc)))
             self.flush()

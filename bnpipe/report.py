@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from bnpipe import settings
+import json
+
+from bnpipe import claims, settings
 
 
 def _cell(v) -> str:
@@ -111,10 +113,12 @@ REPORT_DIR = "report"
 HISTORY_KEYS = ("val_accuracy", "accuracy", "loss", "val_loss")
 HISTORY_PREFIXES = ("grad_norm/", "bn_first/moving_", "bn_first/true_")
 CONFIG_METRICS = [
-    "val_accuracy_epoch1", "val_accuracy", "test_accuracy", "gen_gap_accuracy", "gen_gap_loss",
-    "grad_log10_ratio_mean", "dead_fraction", "mode_gap_accuracy", "bn_first/mean_err_std",
-    "epochs_to_target", "steps_to_target", "epoch_seconds", "samples_per_second",
+    "val_accuracy_epoch1", "val_accuracy", "val_accuracy_recalibrated", "test_accuracy", "gen_gap_accuracy",
+    "gen_gap_loss", "grad_log10_rms_ratio_initial", "grad_abs_log10_rms_ratio_mean", "dead_fraction",
+    "mode_gap_accuracy", "bn_first/mean_err_std", "loss_epoch1", "epochs_to_target", "steps_to_target",
+    "epoch_seconds", "samples_per_second",
 ]  # fmt: skip
+VERDICTS_FILE = "verdicts.json"
 
 
 def _param(raw: str | None):
@@ -143,7 +147,6 @@ def resolve_summary(ref: str) -> dict | None:
 
 def load_runs(client, summary: dict) -> list[dict]:
     """One row per variant run: variant fields, config, status, final metrics and metric histories."""
-    from bnpipe import claims
     from bnpipe.variants import config_name
 
     runs = []
@@ -163,8 +166,6 @@ def load_runs(client, summary: dict) -> list[dict]:
 
 def _evidence(runs: list[dict], target: float | None) -> tuple[list[dict], float | None]:
     """Claim rows (variant fields + final metrics + learning speed) and the learning-speed target used."""
-    from bnpipe import claims
-
     vals = {r["run_id"]: [v for _, v in sorted(r["history"].get("val_accuracy", []))] for r in runs}
     rows = [{**{k: v for k, v in r.items() if k not in ("metrics", "history")}, **r["metrics"]} for r in runs]
     target = target or claims.default_target(vals, rows)
@@ -174,6 +175,25 @@ def _evidence(runs: list[dict], target: float | None) -> tuple[list[dict], float
         spe = row.get("steps_per_epoch")
         row["steps_to_target"] = e * spe if e is not None and spe else None
     return rows, target
+
+
+METHOD = (
+    "Method: the unit of replication is the seed; each seed draws its own stratified train/validation split and "
+    "its own initialization, and the test split stays fixed. A comparison takes one difference per seed (the mean "
+    "over the grid cells that differ only in the factor under test), so n counts seeds and no run is paired twice. "
+    "Each difference is tested with a paired t-test (scipy.stats.ttest_1samp): one-sided at 0.025 for 'improves' "
+    "and non-inferiority 'no worse than' claims, two-sided at 0.05 for 'differs', matching the 95% interval shown. "
+    "Margins are stated per comparison; an accuracy margin is never below one validation example. The comparisons "
+    "of one claim are corrected with Holm's method; the claim's rule says how they combine (any / all / headline). "
+    f"Fewer than {claims.MIN_REPLICATES} seeds, or identical differences on every seed, give 'inconclusive'. "
+    "Diverged runs count as chance accuracy for claims 3 and 4e and are left out of the others. "
+    "Machine-readable: verdicts.json."
+)
+
+
+def _fmt_p(c: dict) -> str:
+    ph, pf = c.get("p_holds_holm"), c.get("p_fails_holm")
+    return f"{ph:.3g} / {pf:.3g}" if ph is not None and pf is not None else ""
 
 
 def _fmt_ci(mean, lo, hi, digits=3) -> str:
@@ -196,7 +216,7 @@ def build_claims_report(ref: str, out_dir, log_to_mlflow: bool = False, target: 
     from datetime import UTC, datetime
     from pathlib import Path
 
-    from bnpipe import claims, plots, tracking
+    from bnpipe import plots, tracking
 
     summary = resolve_summary(ref)
     if summary is None:
@@ -210,6 +230,10 @@ def build_claims_report(ref: str, out_dir, log_to_mlflow: bool = False, target: 
     runs = load_runs(client, summary)
     rows, target = _evidence(runs, target or params.get("target_val_accuracy"))
     verdicts = claims.evaluate(rows)
+    machine = claims.verdicts_json(verdicts)
+    machine.update(parent_run_id=summary["parent_run_id"], dag_run_id=summary.get("dag_run_id"),
+                   dataset=params.get("dataset"), grid=params.get("grid"), epochs=params.get("epochs"),
+                   seeds=params.get("seeds"))  # fmt: skip
     configs = claims.aggregate(rows, CONFIG_METRICS)
     order = {c["config"]: i for i, c in enumerate(claims.rank_configs(rows, "val_accuracy"))}
     configs.sort(key=lambda c: (order.get(c["config"], len(order)), c["config"]))
@@ -235,12 +259,18 @@ def build_claims_report(ref: str, out_dir, log_to_mlflow: bool = False, target: 
               f"Rebuilt {datetime.now(UTC):%Y-%m-%d %H:%M} UTC."),
         ("h2", "Verdicts"),
         ("table", [{"claim": v["claim"], "verdict": v["verdict"], "claim (design notes)": v["text"],
-                    "effect [95% CI]": _fmt_ci(v["estimate"], v["lo"], v["hi"]), "numbers": v["evidence"]}
-                   for v in verdicts]),
-        ("p", "Verdicts compare runs that differ only in the factor under test (same seed); the interval is a 95% "
-              "t-interval over those pairs. 'holds' and 'does not hold' need the interval to support them "
-              f"(margins: accuracy {claims.ACC_MARGIN}, log10 gradient ratio {claims.GRAD_MARGIN}, train/inference "
-              f"accuracy gap {claims.MODE_GAP_MARGIN}); otherwise the verdict is 'inconclusive'."),
+                    "headline effect [95% CI]": _fmt_ci(v["estimate"], v["lo"], v["hi"]), "n": v["n"],
+                    "margin": f"{v['margin']:.3g}" if v["n"] else "", "rule": v["rule"],
+                    "why inconclusive": v["reason"]} for v in verdicts]),
+        ("p", METHOD),
+        ("h2", "Every comparison"),
+        ("table", [{"claim": v["claim"], "comparison": c["label"], "metric": c["metric_text"], "n": c["n"],
+                    "estimate [95% CI]": _fmt_ci(c["estimate"], c["lo"], c["hi"]), "margin": f"{c['margin']:.3g}",
+                    "test": c["test"], "Holm p (holds / does not hold)": _fmt_p(c),
+                    "verdict": c["verdict"] + (" (no variance)" if c["reason"].startswith("no variance") else ""),
+                    "detectable (80% power)": _fmt_ci(c.get("detectable"), None, None)}
+                   for v in verdicts for c in v["comparisons"]]
+         or [{"claim": "-", "comparison": "this grid tests no claim"}]),
         ("h2", "Champion"),
         ("p", (f"Winner `{champ.get('variant')}`: {champ.get('model_name')} version {champ.get('version')}; "
                f"alias moved: {champ.get('alias_moved')}. Reason: {champ.get('reason')}. Configurations are "
@@ -252,7 +282,8 @@ def build_claims_report(ref: str, out_dir, log_to_mlflow: bool = False, target: 
                     "val acc final": _fmt_ci(c["val_accuracy"], c["val_accuracy_lo"], c["val_accuracy_hi"]),
                     "test acc": _fmt_ci(c["test_accuracy"], None, None),
                     "gap train-val acc": _fmt_ci(c["gen_gap_accuracy"], None, None),
-                    "log10 grad ratio": _fmt_ci(c["grad_log10_ratio_mean"], None, None, 2),
+                    "val acc recalibrated": _fmt_ci(c["val_accuracy_recalibrated"], None, None),
+                    "log10 RMS grad ratio step 0": _fmt_ci(c["grad_log10_rms_ratio_initial"], None, None, 2),
                     "dead units": _fmt_ci(c["dead_fraction"], None, None, 2),
                     "train-infer acc": _fmt_ci(c["mode_gap_accuracy"], None, None),
                     "epochs to target": _fmt_ci(c["epochs_to_target"], None, None, 1),
@@ -265,10 +296,12 @@ def build_claims_report(ref: str, out_dir, log_to_mlflow: bool = False, target: 
         ("h2", "Plots"),
         *[("img", caption, p) for caption, p in images],
     ]  # fmt: skip
+    (out / VERDICTS_FILE).write_text(json.dumps(machine, indent=1))
     md_path, html_path = out / "report.md", out / "report.html"
     md_path.write_text(render_markdown(blocks))
     html_path.write_text(render_html(blocks))
-    files = {"markdown": str(md_path), "html": str(html_path), "images": [str(p) for _, p in images]}
+    files = {"markdown": str(md_path), "html": str(html_path), "verdicts": str(out / VERDICTS_FILE),
+             "images": [str(p) for _, p in images]}  # fmt: skip
     if log_to_mlflow:
         client.log_artifacts(summary["parent_run_id"], str(out), REPORT_DIR)
         if target:
@@ -354,10 +387,10 @@ def publish_claims_report(parent_run_id: str) -> dict:
         traceback.print_exc()
         tracking.connect().set_tag(parent_run_id, tracking.TAG + "report_error", f"{type(exc).__name__}: {exc}"[:5000])
         return {"error": f"{type(exc).__name__}: {exc}"}
-    return {"verdicts": [{k: v["verdict"] if k == "verdict" else v[k] for k in ("claim", "verdict")}
+    return {"verdicts": [{"claim": v["claim"], "verdict": v["verdict"], "sentence": claims.sentence(v)}
                          for v in built["verdicts"]], "artifacts": REPORT_DIR}  # fmt: skip
 
 
 def verdict_text(verdicts: list[dict]) -> str:
-    """One line per claim, for logs and the CLI."""
-    return "\n".join(f"claim {v['claim']:>3}: {v['verdict']}" for v in verdicts)
+    """One line per claim, for logs and the CLI: the verdict and its headline numbers when there are any."""
+    return "\n".join(v.get("sentence") or claims.sentence(v) for v in verdicts)

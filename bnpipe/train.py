@@ -89,8 +89,37 @@ class Aborted(Exception):
         self.status = status
 
 
+def recalibration(model, variant: Variant, X_tr, X_va, y_va) -> dict:
+    """Validation accuracy and loss with BN's moving averages and after recomputing them exactly.
+
+    The model keeps the recalibrated statistics only when the variant asks for it
+    (``bn_recalibrate``); otherwise they are put back. A model without BN gets the same numbers
+    twice, so every run can be compared on ``val_accuracy_recalibrated``.
+    """
+    from bnpipe import model as model_lib
+
+    def scores(prefix: str) -> dict:
+        loss, acc = model.evaluate(X_va, y_va, batch_size=1024, verbose=0)
+        return {f"val_loss_{prefix}": float(loss), f"val_accuracy_{prefix}": float(acc)}
+
+    out = scores("moving")
+    saved = model_lib.bn_state(model)
+    if not saved:
+        return {**out, "val_loss_recalibrated": out["val_loss_moving"],
+                "val_accuracy_recalibrated": out["val_accuracy_moving"]}  # fmt: skip
+    model_lib.recalibrate_bn(model, X_tr)
+    out.update(scores("recalibrated"))
+    if not variant.bn_recalibrate:
+        model_lib.set_bn_state(model, saved)
+    return out
+
+
 def fit(variant: Variant, snapshot_path: str, cfg: TrainConfig, on_epoch=None, on_metrics=None, stop=None) -> tuple:
-    """Train ``variant``; returns (model, history dict, diverged flag). No MLflow here.
+    """Train ``variant``; returns (model, history dict, diverged flag, extra metrics). No MLflow here.
+
+    The replicate ``variant.seed`` draws its own train/validation split from the snapshot
+    (``data.replicate_split``) as well as its own initialization and shuffling. ``extra`` holds
+    the split's sizes and, for a healthy run, BN recalibration's validation metrics.
 
     ``on_epoch(epoch, row)`` gets each epoch's metrics; ``on_metrics([(row, step), ...])`` gets
     ``bnpipe.instrument``'s measurements, a batch per epoch. ``stop()``, polled after every
@@ -101,8 +130,7 @@ def fit(variant: Variant, snapshot_path: str, cfg: TrainConfig, on_epoch=None, o
     from bnpipe import model as model_lib
 
     meta = data.read_meta(snapshot_path)
-    X_tr, y_tr = data.load_split(snapshot_path, "train")
-    X_va, y_va = data.load_split(snapshot_path, "val")
+    X_tr, y_tr, X_va, y_va = data.replicate_split(snapshot_path, variant.seed)
     X_tr, X_va = X_tr.astype("float32"), X_va.astype("float32")
     keras.utils.set_random_seed(variant.seed)
     model = model_lib.build_model(
@@ -151,7 +179,11 @@ def fit(variant: Variant, snapshot_path: str, cfg: TrainConfig, on_epoch=None, o
         shuffle=True,
     )
     history = {k: [float(v) for v in vs] for k, vs in hist.history.items()}
-    return model, history, is_diverged(history, model)
+    diverged = is_diverged(history, model)
+    extra = {"n_train": len(y_tr), "n_val": len(y_va), "n_classes": meta["n_classes"]}
+    if not diverged:
+        extra.update(recalibration(model, variant, X_tr, X_va, y_va))
+    return model, history, diverged, extra
 
 
 def evaluate(model, snapshot_path: str, split: str = "test", batch_size: int = 1024) -> dict:
@@ -207,12 +239,15 @@ def run_variant(
             tracking.log_metric_rows(client, run_id, rows)
 
         t0 = time.perf_counter()
-        model, history, diverged = fit(
+        model, history, diverged, extra = fit(
             variant, snapshot["path"], cfg, on_epoch=log_epoch, on_metrics=pending.extend, stop=stop
         )
         train_seconds = time.perf_counter() - t0
         final = {k: vs[-1] for k, vs in history.items() if vs}  # already logged per epoch
-        summary = {"train_seconds": train_seconds, "epochs_run": len(history.get("loss", []))}
+        summary = {"train_seconds": train_seconds, "epochs_run": len(history.get("loss", [])), **extra}
+        if variant.bn_recalibrate and "val_accuracy_recalibrated" in extra:  # the model as it was saved
+            final.update(val_accuracy=extra["val_accuracy_recalibrated"], val_loss=extra["val_loss_recalibrated"])
+            summary.update(val_accuracy=final["val_accuracy"], val_loss=final["val_loss"])
         status = "diverged" if diverged else "ok"
         if not diverged:
             summary.update(evaluate(model, snapshot["path"], "test"))

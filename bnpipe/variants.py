@@ -8,7 +8,7 @@ from dataclasses import asdict, dataclass, fields, replace
 
 # rescale: a fixed 1/255 Rescaling layer (pixels); rescale_bn_first: that, then BatchNormalization.
 PREPROCESSING = ("none", "standard", "minmax", "bn_first", "rescale", "rescale_bn_first")
-INITIALIZERS = ("glorot_uniform", "he_normal", "lecun_normal")
+INITIALIZERS = ("glorot_uniform", "he_normal", "lecun_normal", "naive_normal")  # naive_normal: N(0, 1)
 ACTIVATIONS = ("relu", "elu", "selu", "leaky_relu", "sigmoid")
 CLIPPING = ("none", "clipnorm", "clipvalue", "global_clipnorm")
 OPTIMIZERS = ("sgd", "sgd_plain", "adam")  # sgd: momentum 0.9; sgd_plain: no momentum
@@ -29,6 +29,8 @@ class Variant:
     clipping: str = "none"
     clip_value: float = 1.0
     bn_momentum: float = 0.99
+    bn_epsilon: float = 1e-3  # Keras' default, which shrinks features whose variance is near it
+    bn_recalibrate: bool = False  # after fit, recompute BN's moving statistics over the training split
     seed: int = 0
     hidden: tuple[int, ...] = (256, 128)
     optimizer: str = "sgd"
@@ -48,8 +50,8 @@ class Variant:
             raise VariantError(f"hidden={self.hidden!r}: give one or more positive layer sizes")
         if not 0.0 < self.bn_momentum < 1.0:
             raise VariantError(f"bn_momentum={self.bn_momentum} must lie strictly between 0 and 1")
-        if self.clip_value <= 0 or self.learning_rate <= 0:
-            raise VariantError("clip_value and learning_rate must be positive")
+        if self.clip_value <= 0 or self.learning_rate <= 0 or self.bn_epsilon <= 0:
+            raise VariantError("clip_value, learning_rate and bn_epsilon must be positive")
         object.__setattr__(self, "hidden", tuple(int(h) for h in self.hidden))
 
     @property
@@ -70,6 +72,10 @@ class Variant:
             parts.append("nohbn")
         if self.uses_bn and self.bn_momentum != 0.99:
             parts.append(f"m{self.bn_momentum:g}")
+        if self.uses_bn and self.bn_epsilon != Variant.bn_epsilon:
+            parts.append(f"eps{self.bn_epsilon:g}")
+        if self.uses_bn and self.bn_recalibrate:
+            parts.append("recal")
         if self.hidden != Variant.hidden:
             parts.append("h" + "x".join(map(str, self.hidden)))
         if self.optimizer != Variant.optimizer or self.learning_rate != Variant.learning_rate:
@@ -119,7 +125,7 @@ GRIDS: dict[str, tuple[dict, dict]] = {
         {
             "preprocessing": ["none", "standard", "minmax", "bn_first"],
             "hidden_bn": [True, False],
-            "initializer": list(INITIALIZERS),
+            "initializer": ["glorot_uniform", "he_normal", "lecun_normal"],
             "activation": ["relu", "elu", "selu", "leaky_relu"],
             "clipping": list(CLIPPING),
         },
@@ -136,8 +142,8 @@ GRIDS: dict[str, tuple[dict, dict]] = {
             "learning_rate": 1e-3,
         },
         [
-            {"preprocessing": ["rescale"], "hidden_bn": [False]},
-            {"preprocessing": ["rescale_bn_first", "bn_first"], "hidden_bn": [True]},
+            {"preprocessing": ["rescale"], "hidden_bn": [False], "learning_rate": [1e-3, 1e-2]},
+            {"preprocessing": ["rescale_bn_first", "bn_first"], "hidden_bn": [True], "learning_rate": [1e-3, 1e-2]},
         ],
     ),
     # Does BN-first replace scaling on tabular features of very different scales? Hidden BN is off,
@@ -149,6 +155,28 @@ GRIDS: dict[str, tuple[dict, dict]] = {
             {"preprocessing": ["bn_first"], "bn_momentum": [0.9]},
         ],
     ),
+    # Claim 1: in a deep network without BN, does the gradient imbalance at step 0 depend on the
+    # initializer (naive N(0, 1), Glorot, He) and the activation?
+    "init-activation": (
+        {"hidden": (64,) * 8, "hidden_bn": False, "preprocessing": "standard"},
+        {"initializer": ["naive_normal", "glorot_uniform", "he_normal"], "activation": ["sigmoid", "relu", "elu"]},
+    ),
+    # Claim 2: dying ReLU at a high learning rate, plain ReLU against its variants.
+    "dying-relu": (
+        {"hidden_bn": False, "preprocessing": "standard", "learning_rate": 0.1},
+        {"activation": ["relu", "leaky_relu", "elu", "selu"]},
+    ),
+    # Claim 3: exploding gradients on raw features of scales 1e-3..1e4 (the synthetic source),
+    # with and without clipping, at two learning rates.
+    "exploding": (
+        {"hidden": (64, 32), "hidden_bn": False, "preprocessing": "none"},
+        {"clipping": ["none", "clipnorm"], "learning_rate": [0.01, 0.1]},
+    ),
+    # Claim 4a: small data, long training, a wide network; hidden BN on and off.
+    "overfit": (
+        {"hidden": (256, 128), "preprocessing": "standard"},
+        {"hidden_bn": [False, True]},
+    ),
     # A deep sigmoid network, where vanishing gradients show: with and without hidden BN, Glorot vs. He.
     "deep-sigmoid": (
         {"hidden": (64,) * 10, "activation": "sigmoid", "preprocessing": "standard"},
@@ -158,9 +186,13 @@ GRIDS: dict[str, tuple[dict, dict]] = {
 
 # Run settings a grid is meant for (Params); they apply unless the run sets the Param itself.
 GRID_SETTINGS: dict[str, dict] = {
-    "textbook": {"dataset": "fashion_mnist", "epochs": 10, "batch_size": 32, "seeds": 3},
-    "tabular-scales": {"dataset": "breast_cancer", "epochs": 5, "batch_size": 32, "seeds": 3},
-    "deep-sigmoid": {"dataset": "digits", "epochs": 20, "batch_size": 32, "seeds": 3},
+    "textbook": {"dataset": "fashion_mnist", "epochs": 10, "batch_size": 32, "seeds": 5},
+    "tabular-scales": {"dataset": "breast_cancer", "epochs": 5, "batch_size": 32, "seeds": 5},
+    "deep-sigmoid": {"dataset": "digits", "epochs": 20, "batch_size": 32, "seeds": 5},
+    "init-activation": {"dataset": "digits", "epochs": 3, "batch_size": 32, "seeds": 5},
+    "dying-relu": {"dataset": "digits", "epochs": 10, "batch_size": 32, "seeds": 5},
+    "exploding": {"dataset": "synthetic", "rows": 5000, "epochs": 5, "batch_size": 32, "seeds": 5},
+    "overfit": {"dataset": "breast_cancer", "epochs": 100, "batch_size": 32, "seeds": 5},
 }
 
 

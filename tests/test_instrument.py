@@ -99,3 +99,46 @@ def test_grad_ratio_flags_vanishing_and_undefined():
     assert instrument.grad_log10_ratio({"a": 1e-6, "b": 1.0}) == pytest.approx(-6)
     assert math.isnan(instrument.grad_log10_ratio({"a": float("nan"), "b": 1.0}))
     assert math.isnan(instrument.grad_log10_ratio({"a": 1.0}))
+
+
+def test_dead_means_no_gradient_passes_whatever_the_activation(batch):
+    X, _ = batch
+    bias = np.array([-20.0, -1.0, 0.5, 2.0], dtype="float32")  # zero kernel: pre-activation = bias on every row
+    W = np.zeros((3, 4), dtype="float32")
+    got = {}
+    for act in ("relu", "leaky_relu", "elu", "selu"):
+        m = _model([("dense_0", 4, act), ("output", 2, "softmax")])
+        m.get_layer("dense_0").set_weights([W, bias])
+        got[act] = instrument.dead_unit_fractions(m, X)["dense_0"]
+    # relu: both negative units; elu/selu: only the one saturated at -20 (exp(-20) < 1e-6); leaky: none
+    assert got == {"relu": 0.5, "leaky_relu": 0.0, "elu": 0.25, "selu": 0.25}
+
+
+def test_rms_gradient_divides_out_the_layer_size():
+    norms = {"big": 100.0, "small": 1.0}
+    counts = {"big": 10_000, "small": 1}
+    per_param = instrument.rms(norms, counts)
+    assert per_param == {"big": pytest.approx(1.0), "small": pytest.approx(1.0)}
+    assert instrument.grad_log10_ratio(per_param) == pytest.approx(0.0)  # the whole-layer ratio would say 2
+
+
+def test_recalibration_sets_exact_statistics_layer_by_layer():
+    import keras
+
+    from bnpipe import model as model_lib
+    from bnpipe.variants import Variant
+
+    rng = np.random.default_rng(0)
+    X = (rng.standard_normal((500, 3)) * [1.0, 100.0, 0.01] + [5.0, -300.0, 0.0]).astype("float32")
+    v = Variant(preprocessing="bn_first", hidden=(4,), hidden_bn=True)
+    m = model_lib.build_model(v, (3,), 2)
+    state = model_lib.bn_state(m)
+    assert model_lib.recalibrate_bn(m, X, chunk=128) == 2
+    first = m.get_layer("bn_input")
+    np.testing.assert_allclose(first.moving_mean.numpy(), X.astype("float64").mean(axis=0), rtol=1e-4)
+    np.testing.assert_allclose(first.moving_variance.numpy(), X.astype("float64").var(axis=0), rtol=1e-4)
+    # the second BN layer sees the first one's inference-mode output, with its new statistics
+    hidden = keras.Model(m.input, m.get_layer("bn_0").input)(X, training=False).numpy()
+    np.testing.assert_allclose(m.get_layer("bn_0").moving_mean.numpy(), hidden.mean(axis=0), rtol=1e-3, atol=1e-5)
+    model_lib.set_bn_state(m, state)
+    np.testing.assert_array_equal(first.moving_mean.numpy(), state[0][0])
