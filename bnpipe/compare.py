@@ -4,17 +4,25 @@ The alias moves only when the winner beats the current champion on the same data
 champion was trained on the same snapshot digest its recorded metric is used, otherwise the
 champion is re-scored on this snapshot's validation split. A version is registered once per
 training result (``bnpipe.train_key``), so retries and re-runs create no duplicates.
+
+The decision itself is ``bnpipe.champion.decide``; this module gathers its facts and acts on it.
+Only MLflow's RESOURCE_DOES_NOT_EXIST means "no such model"; any other registry error is retried
+with a logged backoff and, if it persists, fails the task (``RegistryUnavailable``) naming the
+call, before the alias moves. After moving the alias it is read back: if another process moved
+it meanwhile, the decision is taken again against the new holder.
 """
 
 from __future__ import annotations
 
 import math
+import sys
 import tempfile
+import time
 from pathlib import Path
 
-from bnpipe import tracking
+from bnpipe import champion, tracking
+from bnpipe.champion import ALIAS
 
-ALIAS = "champion"
 # metric -> True when higher is better
 METRICS = {"val_accuracy": True, "val_loss": False, "test_accuracy": True, "test_loss": False}
 
@@ -67,35 +75,111 @@ def table_rows(results: list[dict], ranked: list[dict]) -> list[dict]:
 
 
 def better(a: float, b: float, metric: str) -> bool:
-    return a > b if METRICS[metric] else a < b
+    return champion.beats(a, b, METRICS[metric])
+
+
+class RegistryUnavailable(RuntimeError):
+    """A registry call kept failing after its retries: what it would have decided was not decided."""
+
+
+# Registry calls are retried ATTEMPTS times in all, waiting FIRST_WAIT, then twice as long, ...
+ATTEMPTS, FIRST_WAIT = 4, 1.0
+MISSING = "RESOURCE_DOES_NOT_EXIST"  # the only answer that means "there is no such thing"
+
+
+def _registry_errors() -> tuple:
+    """What a registry call raises when the server did not answer as asked (not a bug here).
+
+    MlflowException covers error answers and, over HTTP, timeouts and dropped connections;
+    OSError covers local stores and artifact downloads (requests' errors are OSErrors).
+    """
+    from mlflow.exceptions import MlflowException
+
+    return (MlflowException, OSError)
+
+
+def _load_errors() -> tuple:
+    """What downloading and loading a model file can raise, besides the registry's errors."""
+    import zipfile
+
+    return (*_registry_errors(), ValueError, zipfile.BadZipFile)
+
+
+_RAISE = object()
+
+
+def _retrying(what: str, call, *args, missing=_RAISE, errors: tuple | None = None):
+    """``call(*args)``, retried with a logged, doubling wait while it raises one of ``errors``.
+
+    Only MLflow's RESOURCE_DOES_NOT_EXIST answer returns ``missing`` (when one is given):
+    every other error is retried and, if it persists, raised as ``RegistryUnavailable``
+    naming ``what`` could not be done.
+    """
+    errors = errors or _registry_errors()
+    wait = FIRST_WAIT
+    for attempt in range(1, ATTEMPTS + 1):
+        try:
+            return call(*args)
+        except errors as exc:
+            if missing is not _RAISE and getattr(exc, "error_code", None) == MISSING:
+                return missing
+            if attempt == ATTEMPTS:
+                raise RegistryUnavailable(f"could not {what} after {ATTEMPTS} attempts: {exc}") from exc
+            first_line = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
+            print(
+                f"bnpipe compare: could not {what} (attempt {attempt} of {ATTEMPTS}: {first_line}); "
+                f"retrying in {wait:.1f} s",
+                file=sys.stderr,
+                flush=True,
+            )
+            time.sleep(wait)
+            wait *= 2
+
+
+def _read_holder(client, name: str):
+    """The model version holding ``champion`` (None: no such model, or no alias on it yet) and the model."""
+    # Not get_model_version_by_alias: a missing alias is answered as INVALID_PARAMETER_VALUE, which
+    # also means a malformed request; the registered model's alias table says it without ambiguity.
+    model = _retrying(f"read alias {ALIAS} of {name}", lambda: client.get_registered_model(name), missing=None)
+    held = model.aliases.get(ALIAS) if model is not None else None
+    if held is None:
+        return None, model
+    mv = _retrying(f"read {name} v{held}, the holder of {ALIAS}", lambda: client.get_model_version(name, str(held)))
+    return mv, model
+
+
+def _ensure_model(client, name: str, dataset: str) -> None:
+    """Create the registered model; one created meanwhile (elsewhere, or by a try whose answer was lost) will do."""
+    from mlflow.exceptions import MlflowException
+
+    def create():
+        try:
+            client.create_registered_model(name, description=f"bnpipe champion models for {dataset}")
+        except MlflowException as exc:
+            if exc.error_code != "RESOURCE_ALREADY_EXISTS":
+                raise
+
+    _retrying(f"create registered model {name}", create)
 
 
 def _versions_by_tag(client, name: str, key: str, value: str) -> list:
-    try:
-        versions = client.search_model_versions(f"name='{name}'")
-    except Exception:  # noqa: BLE001 - no such model yet
-        return []
+    versions = _retrying(
+        f"search the versions of {name} for {key}={value}", lambda: client.search_model_versions(f"name='{name}'")
+    )
     return [v for v in versions if v.tags.get(key) == value]
 
 
 def _wait_ready(client, version, timeout: float = 120.0):
     """The version once the registry reports it READY; the alias never points at a half-registered one."""
-    import time
-
     deadline = time.monotonic() + timeout
     while version.status != "READY":
         if version.status == "FAILED_REGISTRATION" or time.monotonic() > deadline:
             raise RuntimeError(f"model version {version.name} v{version.version} is {version.status}, not READY")
         time.sleep(0.5)
-        version = client.get_model_version(version.name, version.version)
+        version = _retrying(
+            f"read {version.name} v{version.version}", client.get_model_version, version.name, version.version
+        )
     return version
-
-
-def _champion(client, name: str):
-    try:
-        return client.get_model_version_by_alias(name, ALIAS)
-    except Exception:  # noqa: BLE001 - no model or no alias yet
-        return None
 
 
 def _log_full_model(client, winner: dict, snapshot: dict):
@@ -108,21 +192,64 @@ def _log_full_model(client, winner: dict, snapshot: dict):
         return serving.log_model(winner["run_id"], local, snapshot, client.tracking_uri)
 
 
-def _score_version(client, name: str, version, snapshot: dict, metric: str) -> float | None:
-    """``metric`` of a registered version on this snapshot's validation split, or None if it cannot score it."""
+def _signature_inputs(client, name: str, version: str) -> dict | None:
+    """The registered version's raw inputs from its signature: ``{"columns": [...]}`` or ``{"shape": [...]}``."""
+    import mlflow
+
+    mlflow.set_tracking_uri(client.tracking_uri)
+    mlflow.set_registry_uri(client.tracking_uri)
+    signature = mlflow.models.get_model_info(f"models:/{name}/{version}").signature
+    if signature is None or signature.inputs is None:
+        return None
+    if signature.inputs.is_tensor_spec():
+        return {"shape": [int(d) for d in signature.inputs.inputs[0].shape[1:]]}
+    return {"columns": signature.inputs.input_names()}
+
+
+def _load_keras(client, run_id: str):
+    """The compact model.keras a training run logged, downloaded and loaded."""
     import keras
 
-    from bnpipe.train import MODEL_ARTIFACT, evaluate
+    from bnpipe.train import MODEL_ARTIFACT
 
-    try:
-        with tempfile.TemporaryDirectory() as tmp:
-            local = client.download_artifacts(version.run_id, MODEL_ARTIFACT, tmp)
-            model = keras.models.load_model(local)
-            model.compile(loss="sparse_categorical_crossentropy", metrics=["accuracy"])
-            scored = evaluate(model, snapshot["path"], "val")
-    except Exception:  # noqa: BLE001 - incompatible inputs, missing artifact: cannot compare
-        return None
-    return scored.get(metric)
+    with tempfile.TemporaryDirectory() as tmp:
+        model = keras.models.load_model(client.download_artifacts(run_id, MODEL_ARTIFACT, tmp))
+    model.compile(loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    return model
+
+
+def _rescore(model, snapshot: dict, metric: str) -> float:
+    """``metric`` of ``model`` on the snapshot split it names (``val_accuracy``: the validation split)."""
+    from bnpipe.train import evaluate
+
+    split = metric.split("_", 1)[0]
+    return evaluate(model, snapshot["path"], split)[metric]
+
+
+def _holder(client, name: str, mv, snapshot: dict, metric: str) -> champion.Holder:
+    """How the version holding the alias fares on this snapshot: its recorded metric, a re-score, or a mismatch.
+
+    Whether it cannot score this data is decided from its inputs and the snapshot's alone; a failed
+    download or load is retried and then raised, never taken for "cannot score".
+    """
+    number = int(mv.version)
+    value = champion.recorded(mv.tags, snapshot["digest"], metric)
+    if value is not None:
+        return champion.Holder(number, value, "recorded on the same snapshot")
+    inputs = _retrying(f"read the signature of {name} v{number}", lambda: _signature_inputs(client, name, mv.version))
+    why = champion.mismatch(inputs, snapshot) if inputs is not None else None
+    if why:
+        return champion.Holder(number, mismatch=why)
+    model = _retrying(
+        f"download and load {name} v{number}'s model (run {mv.run_id})",
+        lambda: _load_keras(client, mv.run_id),
+        errors=_load_errors(),
+    )
+    if inputs is None:  # registered without a signature: the model's own input shape says it
+        why = champion.mismatch({"shape": list(model.input_shape[1:])}, snapshot)
+        if why:
+            return champion.Holder(number, mismatch=why)
+    return champion.Holder(number, _rescore(model, snapshot, metric), f"re-scored on snapshot {snapshot['digest']}")
 
 
 def _interval(result: dict, key: str) -> tuple[float, float] | None:
@@ -163,71 +290,116 @@ def model_card(snapshot: dict, winner: dict, runner_up: dict | None, metric: str
     return "\n\n".join(lines)
 
 
+def _register_version(client, name: str, winner: dict, snapshot: dict, metric: str):
+    """A new READY version for the winner. A create whose answer was lost is found by its train_key, not repeated."""
+    T = tracking.TAG
+    uri = _retrying(f"log run {winner['run_id']}'s model for {name}", lambda: _log_full_model(client, winner, snapshot))
+    tags = {
+        T + "train_key": winner["train_key"],
+        T + "data_digest": snapshot["digest"],
+        T + "variant": winner["name"],
+        T + "metric": metric,
+        T + "metric_value": repr(winner["metrics"][metric]),
+    }
+    # A tracking server accepts a "models:/m-..." source only together with the logged model's id.
+    model_id = uri.removeprefix("models:/") if uri.startswith("models:/m-") else None
+    tries = []
+
+    def create():
+        if tries:  # an earlier try may have registered it before its answer was lost
+            key = tags[T + "train_key"]
+            found = [v for v in client.search_model_versions(f"name='{name}'") if v.tags.get(T + "train_key") == key]
+            if found:
+                return found[0]
+        tries.append(1)
+        return client.create_model_version(name, uri, run_id=winner["run_id"], tags=tags, model_id=model_id)
+
+    version = _retrying(f"register run {winner['run_id']} as a version of {name}", create)
+    return _wait_ready(client, version)
+
+
+def _settle(client, name: str, number: int, value: float, snapshot: dict, metric: str, decision, rounds: int = 3):
+    """Set the alias to ``number``, read it back and, if another process moved it meanwhile, decide again.
+
+    Returns the final decision and the version holding the alias then.
+    """
+    higher = METRICS[metric]
+    for _ in range(rounds):
+        _retrying(
+            f"set alias {ALIAS} of {name} to v{number}",
+            lambda: client.set_registered_model_alias(name, ALIAS, str(number)),
+        )
+        now, _ = _read_holder(client, name)
+        if now is not None and int(now.version) == number:
+            return decision, number
+        holder = _holder(client, name, now, snapshot, metric) if now is not None else None
+        who = f"moved it to v{now.version}" if now is not None else "removed it"
+        again = champion.decide(number, value, holder, metric, higher)
+        if not again.moves:
+            reason = f"another process {who} while this one set it; {again.reason}"
+            return champion.Decision(False, reason), int(now.version)
+        decision = champion.Decision(True, f"{again.reason} (set again: another process {who} meanwhile)")
+    raise RegistryUnavailable(
+        f"alias {ALIAS} of {name} kept moving away from v{number} ({rounds} times): another process is "
+        "setting it concurrently; run one registration at a time"
+    )
+
+
 def register(client, ranked: list[dict], snapshot: dict, metric: str, link: str = "") -> dict:
-    """Register the winner (once per train_key) and move ``champion`` if it beats the current one."""
+    """Register the winner (once per train_key) and move ``champion`` if it beats the current one.
+
+    Everything the decision needs is read before anything is written, so a registry that does not
+    answer fails the task with nothing registered and the alias unchanged. Raises
+    ``RegistryUnavailable`` naming the call that kept failing and what had changed by then.
+    """
     if not ranked:
         raise NoHealthyVariant("every variant diverged or failed; no model registered and the alias did not move")
     winner, runner_up = ranked[0], (ranked[1] if len(ranked) > 1 else None)
     name = tracking.model_name(snapshot["dataset"])
-    T = tracking.TAG
-    try:
-        client.get_registered_model(name)
-    except Exception:  # noqa: BLE001 - first registration
-        client.create_registered_model(name, description=f"bnpipe champion models for {snapshot['dataset']}")
-    existing = _versions_by_tag(client, name, T + "train_key", winner["train_key"])
     value = winner["metrics"][metric]
-    if existing:
-        version = existing[0]
-    else:
-        uri = _log_full_model(client, winner, snapshot)
-        tags = {
-            T + "train_key": winner["train_key"],
-            T + "data_digest": snapshot["digest"],
-            T + "variant": winner["name"],
-            T + "metric": metric,
-            T + "metric_value": repr(value),
-        }
-        # A tracking server accepts a "models:/m-..." source only together with the logged model's id.
-        model_id = uri.removeprefix("models:/") if uri.startswith("models:/m-") else None
-        version = client.create_model_version(name, uri, run_id=winner["run_id"], tags=tags, model_id=model_id)
-        version = _wait_ready(client, version)
-    current = _champion(client, name)
-    if current is None:
-        moved, reason = True, f"no champion yet; version {version.version} becomes {ALIAS}"
-    elif current.version == version.version:
-        moved, reason = False, f"version {version.version} already holds {ALIAS}"
-    else:
-        if current.tags.get(T + "data_digest") == snapshot["digest"] and current.tags.get(T + "metric") == metric:
-            theirs = float(current.tags[T + "metric_value"])
-            how = "recorded on the same snapshot"
+    done = f"nothing registered; alias {ALIAS} unchanged"
+    try:
+        current, model = _read_holder(client, name)
+        if model is None:
+            _ensure_model(client, name, snapshot["dataset"])
+        existing = _versions_by_tag(client, name, tracking.TAG + "train_key", winner["train_key"])
+        if current is None:
+            holder = None
+        elif existing and int(existing[0].version) == int(current.version):
+            holder = champion.Holder(int(current.version))
         else:
-            theirs = _score_version(client, name, current, snapshot, metric)
-            how = f"re-scored on snapshot {snapshot['digest']}"
-        if theirs is None:
-            moved, reason = (
-                True,
-                f"champion v{current.version} cannot score this data; version {version.version} replaces it",
-            )
-        elif better(value, theirs, metric):
-            moved, reason = True, f"{metric} {value:.4f} beats champion v{current.version}'s {theirs:.4f} ({how})"
+            holder = _holder(client, name, current, snapshot, metric)
+        if existing:
+            version = _wait_ready(client, existing[0])
         else:
-            moved, reason = (
-                False,
-                f"{metric} {value:.4f} does not beat champion v{current.version}'s {theirs:.4f} ({how})",
-            )
-    if moved:
-        client.set_registered_model_alias(name, ALIAS, version.version)
-    client.update_model_version(
-        name, version.version, description=model_card(snapshot, winner, runner_up, metric, reason, link)
-    )
+            version = _register_version(client, name, winner, snapshot, metric)
+        number = int(version.version)
+        done = f"{name} v{number} registered; alias {ALIAS} unchanged"
+        decision = champion.decide(number, value, holder, metric, METRICS[metric])
+        holds = holder.version if holder is not None else None
+        if decision.moves:
+            done = f"{name} v{number} registered; alias {ALIAS} set to it but not verified"
+            decision, holds = _settle(client, name, number, value, snapshot, metric, decision)
+        done = f"{name} v{number} registered; alias {ALIAS} {'holds it' if decision.moves else 'unchanged'}: "
+        done += decision.reason
+        card = model_card(snapshot, winner, runner_up, metric, decision.reason, link)
+        _retrying(
+            f"write the model card of {name} v{number}",
+            lambda: client.update_model_version(name, str(number), description=card),
+        )
+    except RegistryUnavailable as exc:
+        raise RegistryUnavailable(
+            f"{exc}. By then: {done}. Retrying the task is safe: it finds the version by its train_key "
+            "and decides again."
+        ) from exc.__cause__
     return {
         "model_name": name,
-        "version": int(version.version),
+        "version": number,
         "run_id": winner["run_id"],
         "variant": winner["name"],
-        "alias_moved": moved,
-        "reason": reason,
-        "champion_version": int(version.version) if moved else (int(current.version) if current else None),
+        "alias_moved": decision.moves,
+        "reason": decision.reason,
+        "champion_version": holds,
     }
 
 

@@ -65,7 +65,7 @@ def champion(dataset: str, client=None) -> dict:
     name = tracking.model_name(dataset)
     try:
         mv = client.get_model_version_by_alias(name, ALIAS)
-    except Exception as exc:  # noqa: BLE001 - no such model, or no alias on it
+    except Exception as exc:  # no such model, or no alias on it (re-raised as NoChampion, cause chained)
         raise NoChampion(
             f"no model version of {name} holds the alias '{ALIAS}' yet; run the training DAG first "
             f"(bnpipe_experiment with dataset={dataset}, or `bnpipe run --dataset {dataset}`)"

@@ -97,7 +97,7 @@ def ensure_experiment(client, name: str | None = None) -> str:
     local_store = uri.startswith(("sqlite:", "file:", "/")) or "://" not in uri
     try:
         return client.create_experiment(name, artifact_location=settings.artifact_root() if local_store else None)
-    except Exception:  # noqa: BLE001 - created concurrently by someone else
+    except Exception:  # created concurrently, or an answer lost: the error stands unless the experiment is there now
         exp = client.get_experiment_by_name(name)
         if exp is None:
             raise

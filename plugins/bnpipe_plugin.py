@@ -16,6 +16,7 @@ MLflow is imported inside the functions that need it, TensorFlow never.
 from __future__ import annotations
 
 import html
+import json
 import os
 import urllib.parse
 
@@ -138,15 +139,40 @@ def run_report(dag_id: str, dag_run_id: str):
     return HTMLResponse(text)
 
 
-def _report_html(client, parent) -> str | None:
+def _report_file(client, parent, name: str) -> str | None:
+    """The text of ``report/<name>`` on the parent run, or None when the run has no such artifact."""
     import tempfile
     from pathlib import Path
 
     names = {a.path for a in client.list_artifacts(parent.info.run_id, "report")}
-    if "report/report.html" not in names:
+    if f"report/{name}" not in names:
         return None
     with tempfile.TemporaryDirectory() as tmp:
-        return Path(client.download_artifacts(parent.info.run_id, "report/report.html", tmp)).read_text()
+        return Path(client.download_artifacts(parent.info.run_id, f"report/{name}", tmp)).read_text()
+
+
+def _report_html(client, parent) -> str | None:
+    return _report_file(client, parent, "report.html")
+
+
+def _verdicts_table(doc: dict) -> str:
+    """Each claim's verdict with its headline comparison: n, estimate, interval, margin, test (verdicts.json)."""
+    e = html.escape
+    rows = []
+    for claim in doc.get("claims", []):
+        comps = claim.get("comparisons") or []
+        head = next((c for c in comps if c.get("headline")), comps[0] if comps else None)
+        if head and head.get("estimate") is not None:
+            lo, hi = head.get("interval") or (None, None)
+            ci = f" [{lo:+.3f}, {hi:+.3f}]" if lo is not None and hi is not None else ""
+            numbers = (f"{e(head['label'])}: {e(head['metric_text'])} {head['estimate']:+.3f}{ci}, n={head['n']}, "
+                       f"margin {head['margin']:.3g}, {e(head['test'])}")  # fmt: skip
+        else:
+            numbers = e(claim.get("reason") or "")
+        rows.append(f"<tr><td>{e(claim['claim'])}</td><td class='verdict'>{e(claim['verdict'])}</td>"
+                    f"<td>{e(claim['text'])}</td><td>{numbers}</td></tr>")  # fmt: skip
+    head_row = "<tr><th>claim</th><th>verdict</th><th>claim (design notes)</th><th>headline comparison</th></tr>"
+    return f"<table id='verdicts'>{head_row}{''.join(rows)}</table>"
 
 
 STYLE = """
@@ -205,6 +231,9 @@ def _results_page(dag_id: str, dag_run_id: str | None) -> str:
         )
     if s.get("failure"):
         parts.append(f"<p><b>Failure:</b> {e(s['failure'])}</p>")
+    verdicts = _report_file(client, parent, "verdicts.json")
+    if verdicts is not None:
+        parts.append("<h3>Verdicts</h3>" + _verdicts_table(json.loads(verdicts)))
     if _report_html(client, parent) is not None:
         src = f"{urllib.parse.quote(parent.data.tags.get('bnpipe.dag_run_id', ''), safe='')}/report.html"
         parts.append(f"<h3>Claims report</h3><iframe id='report' src='{e(src)}'></iframe>")

@@ -131,10 +131,15 @@ def test_claims_report_logged_to_parent_and_variants_instrumented(first_run):
     home, summary, stdout = first_run
     c = _client(home)
     files = {a.path for a in c.list_artifacts(summary["parent_run_id"], "report")}
-    assert {"report/report.html", "report/report.md", "report/learning_curves.png", "report/grad_norms.png"} <= files
+    assert {"report/report.html", "report/report.md", "report/learning_curves.png", "report/grad_norms.png",
+            "report/verdicts.json"} <= files  # fmt: skip
     md = open(c.download_artifacts(summary["parent_run_id"], "report/report.md", str(home.parent))).read()
     assert "| 4e |" in md and "| 4e | not tested by this grid |" not in md  # smoke grid: standard vs. bn_first
-    assert "claim  4e:" in stdout
+    assert "claim 4e:" in stdout
+    doc = json.load(open(c.download_artifacts(summary["parent_run_id"], "report/verdicts.json", str(home.parent))))
+    e = next(v for v in doc["claims"] if v["claim"] == "4e")
+    assert e["comparisons"] and all(c["n"] == 1 for c in e["comparisons"])  # one seed: one replicate
+    assert e["verdict"] == "inconclusive" and "at least 3 seeds" in e["reason"]  # a 1-seed run decides nothing
     for v in summary["variants"]:
         metrics = c.get_run(v["run_id"]).data.metrics
         assert {"grad_norm/dense_0", "grad_norm/output", "grad_log10_ratio", "gen_gap_accuracy"} <= set(metrics)

@@ -161,7 +161,10 @@ def test_results_view_shows_the_comparison(live_stack, stack_run):
     for c in children:
         assert c["info"]["run_name"] in page and c["info"]["run_id"] in page
     assert "id='comparison'" in page and "champion" in page
-    assert ("id='report'" in page) or ("id='no-report'" in page)
+    assert "id='report'" in page and "id='no-report'" not in page  # the compare task always logs the report
+    assert "id='verdicts'" in page  # read from report/verdicts.json
+    for claim in ("1", "2", "3", "4a", "4b", "4c", "4d", "4e", "R"):
+        assert f"<tr><td>{claim}</td><td class='verdict'>" in page, claim
 
 
 def test_file_dropped_into_inbox_starts_an_experiment(live_stack, stack_run):
