@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/ sits next to bnpipe/
-from benchmarks import run as bench  # noqa: E402
+from benchmarks import run as bench
 
 pytestmark = pytest.mark.integration
 

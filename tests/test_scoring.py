@@ -203,7 +203,7 @@ def _free_port() -> int:
 def test_server_and_dag_agree(trained, dag_runs):
     home, meta = trained["home"], trained["meta"]
     port = _free_port()
-    log = open(home.parent / "serve.log", "wb")  # noqa: SIM115 - closed below
+    log = open(home.parent / "serve.log", "wb")  # closed below
     server = subprocess.Popen(
         [BNPIPE, "serve", "--dataset", "breast_cancer", "--port", str(port)],
         env=cli_env(home), stdout=log, stderr=subprocess.STDOUT, cwd=ROOT, start_new_session=True,
