@@ -169,7 +169,9 @@ def _stratum(row: dict, vary: tuple[str, ...]) -> tuple:
     return tuple((f, repr(row.get(f))) for f in VARIANT_FIELDS if f not in vary)
 
 
-DEFINED_WHEN_DIVERGED = ("val_accuracy_or_chance",)
+# Metrics that mean something for a run that diverged later: its score at chance, and what was
+# measured at step 0, before training could diverge (a naive N(0, 1) init that explodes must count).
+DEFINED_WHEN_DIVERGED = ("val_accuracy_or_chance", "grad_imbalance_initial")
 
 
 def usable(row: dict, metric: str) -> bool:

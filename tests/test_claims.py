@@ -254,3 +254,13 @@ def test_main_effects_and_learning_speed_target():
     assert effects["standard"]["mean"] == pytest.approx(0.91) and effects["bn_first"]["runs"] == 2
     assert claims.epochs_to_target([0.5, 0.8, 0.91, 0.95], 0.9) == 3
     assert claims.epochs_to_target([0.5, 0.6], 0.9) is None
+
+
+def test_step_0_gradients_count_for_runs_that_diverged_later():
+    rows = _runs({**STD, "initializer": "he_normal"}, {"grad_log10_rms_ratio_initial": [0.1, 0.2, 0.15, 0.12]})
+    naive = _runs({**STD, "initializer": "naive_normal"}, {"grad_log10_rms_ratio_initial": [5.0, 5.5, 4.8, 5.2]})
+    for r in naive:
+        r["status"] = "diverged"  # exploded in training; its step-0 measurement still stands
+    v = _by_claim(rows + naive)["1"]
+    assert v["verdict"] == HOLDS and v["n"] == 4
+    assert _by_claim(rows + naive)["4e"]["verdict"] == UNTESTED
