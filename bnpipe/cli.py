@@ -4,6 +4,11 @@
 embedded default: a project-local Airflow home on SQLite and a local MLflow store. With
 ``--parallel`` it hands the mapped training tasks to Airflow's LocalExecutor instead, so they
 run side by side in separate processes.
+
+The embedded default is hermetic (``ENVIRONMENT`` below, also shown by ``bnpipe --help``): a
+user's ``AIRFLOW_HOME=~/airflow`` or Celery settings in the shell neither break nor steer it.
+Expected errors print one line saying what to do next (exit 2 for a bad argument, 1 otherwise),
+never a traceback.
 """
 
 from __future__ import annotations
@@ -17,8 +22,35 @@ from pathlib import Path
 
 from bnpipe import params as spec
 from bnpipe import settings
+from bnpipe.stack import free_port, port_is_free
 
 DAG_ID = "bnpipe_experiment"
+
+# One example per command: the top-level --help lists them, each command's --help shows its own.
+EXAMPLES = {
+    "run": ("bnpipe run --dataset wine --grid smoke --epochs 1", "train 4 small variants, print the comparison"),
+    "score": ("bnpipe score --dataset wine --input new_wines.csv", "score a file with the wine champion"),
+    "serve": ("bnpipe serve --dataset wine --port 5001", "serve the wine champion over HTTP"),
+    "report": ("bnpipe report manual__2026-01-01T00:00:00+00:00", "rebuild a past run's claims report"),
+}
+
+# Shell variables the embedded setup drops: all that Airflow reads, and the MLflow ones that would
+# move what bnpipe records (it names its own experiment and runs, and registers on the tracking server).
+SHELL_AIRFLOW_NAMES = ("AIRFLOW_HOME", "AIRFLOW_CONFIG")
+SHELL_AIRFLOW_PREFIXES = ("AIRFLOW__", "AIRFLOW_CONN_", "AIRFLOW_VAR_")
+SHELL_MLFLOW_NAMES = ("MLFLOW_REGISTRY_URI", "MLFLOW_EXPERIMENT_NAME", "MLFLOW_EXPERIMENT_ID", "MLFLOW_RUN_ID")
+ENVIRONMENT = f"""environment:
+  BNPIPE_HOME (default ./.bnpipe) holds all state; the embedded Airflow lives in $BNPIPE_HOME/airflow.
+  These shell variables are ignored, and `bnpipe run` names the ones it found in one line on stderr:
+    {", ".join([*SHELL_AIRFLOW_NAMES, *(p + "*" for p in SHELL_AIRFLOW_PREFIXES)])}
+    {", ".join(SHELL_MLFLOW_NAMES)}
+  MLFLOW_TRACKING_URI (default: a SQLite store in $BNPIPE_HOME) and MLflow's client settings
+  (credentials, TLS) are honoured; the tracking server is checked before a run starts.
+  For a long-lived Airflow and MLflow instead: make up."""
+
+
+class EmbeddedError(RuntimeError):
+    """The embedded Airflow cannot run the DAG: its DB, its DAG folder or its api-server."""
 
 
 def _dags_folder() -> Path:
@@ -28,7 +60,8 @@ def _dags_folder() -> Path:
 
 
 def embedded_env() -> dict:
-    """Environment defaults of the embedded setup; values already set win."""
+    """The embedded setup's environment: its AIRFLOW_* values replace the shell's; BNPIPE_HOME,
+    MLFLOW_TRACKING_URI and TF_CPP_MIN_LOG_LEVEL are defaults that the shell's values override."""
     home = settings.home()
     return {
         "BNPIPE_HOME": str(home),
@@ -43,10 +76,88 @@ def embedded_env() -> dict:
     }
 
 
-def apply_embedded_env() -> None:
-    for k, v in embedded_env().items():
-        os.environ.setdefault(k, v)
+def _from_shell_dropped(name: str) -> bool:
+    return name in SHELL_AIRFLOW_NAMES or name in SHELL_MLFLOW_NAMES or name.startswith(SHELL_AIRFLOW_PREFIXES)
+
+
+def apply_embedded_env() -> dict:
+    """Make this process's environment the embedded setup's; returns the shell's settings it dropped.
+
+    Idempotent. Tasks, the LocalExecutor's workers and the warm trainers inherit this environment.
+    """
+    env = embedded_env()
+    dropped = {k: v for k, v in os.environ.items() if _from_shell_dropped(k) and env.get(k) != v}
+    for k in dropped:
+        del os.environ[k]
+    for k, v in env.items():
+        if k.startswith("AIRFLOW"):
+            os.environ[k] = v
+        else:
+            os.environ.setdefault(k, v)
     Path(os.environ["AIRFLOW_HOME"]).mkdir(parents=True, exist_ok=True)
+    return dropped
+
+
+def _one_line(text) -> str:
+    return " ".join(str(text).split())
+
+
+def _shown_path(path) -> str:
+    """``path`` relative to the working directory when it lies inside it."""
+    p = Path(path)
+    return str(p.relative_to(Path.cwd())) if p.is_relative_to(Path.cwd()) else str(p)
+
+
+def _shown_uri(uri: str) -> str:
+    """``uri`` without a password in it."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(uri)
+    if parts.password is None:
+        return uri
+    return parts._replace(netloc=parts.netloc.replace(f":{parts.password}@", ":***@", 1)).geturl()
+
+
+def embedded_notice(prog: str, dropped: dict, airflow: bool = True) -> str | None:
+    """One line on what the embedded setup took from the shell and what it ignored; None if nothing.
+
+    ``airflow=False`` for commands that use MLflow only: they do not mention Airflow settings.
+    """
+    names = sorted(
+        (k for k in dropped if airflow or k.startswith("MLFLOW_")),
+        key=lambda k: (SHELL_AIRFLOW_NAMES.index(k) if k in SHELL_AIRFLOW_NAMES else 2, k.startswith("MLFLOW_"), k),
+    )
+    parts = []
+    if names:
+        shown = [f"{k}={dropped[k]}" if k in SHELL_AIRFLOW_NAMES else k for k in names]
+        if len(shown) > 8:
+            shown = [*shown[:7], f"{len(shown) - 7} more"]
+        why = []
+        if any(k.startswith("AIRFLOW") for k in names):
+            why.append(f"the embedded Airflow lives in {_shown_path(os.environ['AIRFLOW_HOME'])}")
+        if any(k.startswith("MLFLOW_") for k in names):
+            why.append("bnpipe names its own MLflow experiment and runs and registers on the tracking server")
+        parts.append(f"ignoring {', '.join(shown)} from your shell ({'; '.join(why)})")
+    uri = settings.tracking_uri()
+    if uri != settings.embedded_tracking_uri():
+        parts.append(f"tracking to MLFLOW_TRACKING_URI={_shown_uri(uri)} from your shell")
+    return f"{prog}: " + "; ".join(parts) if parts else None
+
+
+def tracking_problem() -> str | None:
+    """Why the MLflow tracking store does not answer, in one line; None when it does."""
+    from bnpipe import tracking
+
+    uri = settings.tracking_uri()
+    try:
+        tracking.connect(uri, attempts=2)
+    except tracking.TrackingError as exc:
+        message = _one_line(exc).replace(uri, _shown_uri(uri))
+        if uri != settings.embedded_tracking_uri():
+            embedded = _shown_path(settings.home())
+            message += f" (MLFLOW_TRACKING_URI is set in your shell; unset it to use the embedded store in {embedded})"
+        return message
+    return None
 
 
 def _conf_from_args(args) -> dict:
@@ -59,17 +170,20 @@ def _conf_from_args(args) -> dict:
 
 
 def _migrate() -> None:
+    """Create or upgrade the embedded Airflow's SQLite DB; a DB that cannot be used is an EmbeddedError."""
+    from airflow import settings as af_settings
     from airflow.utils.db import initdb
+    from sqlalchemy.exc import OperationalError
 
-    initdb()
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    try:
+        af_settings.configure_orm()
+        initdb()
+    except OperationalError as exc:
+        airflow_home = _shown_path(os.environ["AIRFLOW_HOME"])
+        raise EmbeddedError(
+            f"the embedded Airflow DB in {airflow_home} cannot be used ({_one_line(exc.orig)}); if no other "
+            f"`bnpipe run` uses it, delete {airflow_home} to start afresh"
+        ) from exc
 
 
 @contextlib.contextmanager
@@ -99,7 +213,7 @@ def execution_api(timeout: float = 120.0):
                 break
             except OSError:
                 if proc.poll() is not None or time.monotonic() > deadline:
-                    raise SystemExit(f"Airflow api-server did not start; see {log_dir / 'api-server.log'}") from None
+                    raise EmbeddedError(f"Airflow's api-server did not start; see {log_dir}/api-server.log") from None
                 time.sleep(0.5)
         yield port
     finally:
@@ -117,9 +231,6 @@ def run_dag(conf: dict, parallel: bool = False, dag_id: str = DAG_ID):
     Task Execution API: one is started on a free loopback port for the duration of the run.
     """
     apply_embedded_env()
-    from airflow import settings as af_settings
-
-    af_settings.configure_orm()
     _migrate()
     from bnpipe import warm
 
@@ -135,10 +246,15 @@ def run_dag(conf: dict, parallel: bool = False, dag_id: str = DAG_ID):
 def _run_dag(conf: dict, parallel: bool, dag_id: str = DAG_ID):
     from airflow.dag_processing.dagbag import DagBag
 
-    bag = DagBag(dag_folder=os.environ["AIRFLOW__CORE__DAGS_FOLDER"])
+    folder = os.environ["AIRFLOW__CORE__DAGS_FOLDER"]
+    bag = DagBag(dag_folder=folder)
     if bag.import_errors:
-        raise SystemExit(f"DAG import errors: {bag.import_errors}")
+        path, trace = next(iter(bag.import_errors.items()))
+        last = trace.strip().splitlines()[-1] if trace.strip() else "unknown error"
+        raise EmbeddedError(f"{_shown_path(path)} does not import ({last}); fix it and run again")
     dag = bag.get_dag(dag_id)
+    if dag is None:
+        raise EmbeddedError(f"no DAG {dag_id!r} in {_shown_path(folder)}; is this a complete bnpipe checkout?")
     return dag.test(run_conf=conf, use_executor=parallel)
 
 
@@ -157,7 +273,19 @@ def cmd_run(args) -> int:
         return 2
     from bnpipe.tracking import TrackingError
 
-    dr = run_dag(conf, parallel=args.parallel)
+    dropped = apply_embedded_env()
+    problem = tracking_problem()
+    if problem:
+        print(f"bnpipe run: {problem}", file=sys.stderr)
+        return 1
+    notice = embedded_notice("bnpipe run", dropped)
+    if notice:
+        print(notice, file=sys.stderr, flush=True)
+    try:
+        dr = run_dag(conf, parallel=args.parallel)
+    except EmbeddedError as exc:
+        print(f"bnpipe run: {exc}", file=sys.stderr)
+        return 1
     try:
         summary = summary_for(dr.run_id)
     except TrackingError as exc:
@@ -177,15 +305,23 @@ def cmd_run(args) -> int:
     return 0
 
 
+def _enter_embedded(prog: str) -> None:
+    """The embedded environment for a command that uses MLflow only; notes what it ignored."""
+    notice = embedded_notice(prog, apply_embedded_env(), airflow=False)
+    if notice:
+        print(notice, file=sys.stderr, flush=True)
+
+
 def cmd_score(args) -> int:
     """Score a file once with the champion: the same code as the scoring DAG's task."""
-    apply_embedded_env()
+    _enter_embedded("bnpipe score")
     from bnpipe import score
     from bnpipe.data import DataError
+    from bnpipe.tracking import TrackingError
 
     try:
         result = score.score_file(args.dataset, args.input, args.id_column)
-    except (score.ScoringError, DataError) as exc:
+    except (score.ScoringError, DataError, TrackingError) as exc:
         print(f"bnpipe score: {exc}", file=sys.stderr)
         return 1
     print(json.dumps(result, indent=2))
@@ -194,7 +330,7 @@ def cmd_score(args) -> int:
 
 def cmd_report(args) -> int:
     """Rebuild the claims report of a past run from MLflow alone."""
-    apply_embedded_env()
+    _enter_embedded("bnpipe report")
     from bnpipe import report
     from bnpipe.tracking import TrackingError
 
@@ -211,12 +347,16 @@ def cmd_report(args) -> int:
 
 def cmd_serve(args) -> int:
     """Serve the champion with MLflow's model server on 127.0.0.1 (this process becomes the server)."""
-    apply_embedded_env()
+    if not 0 < args.port < 65536 or not port_is_free(args.port):
+        print(f"bnpipe serve: port {args.port} on 127.0.0.1 is not free; pass another with --port", file=sys.stderr)
+        return 1
+    _enter_embedded("bnpipe serve")
     from bnpipe import score
+    from bnpipe.tracking import TrackingError
 
     try:
         champ = score.champion(args.dataset)
-    except score.NoChampion as exc:
+    except (score.NoChampion, TrackingError) as exc:
         print(f"bnpipe serve: {exc}", file=sys.stderr)
         return 1
     uri = f"models:/{champ['model_name']}@champion"
@@ -229,10 +369,28 @@ def cmd_serve(args) -> int:
     return 0  # not reached
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="bnpipe", description=__doc__.strip().splitlines()[0])
-    sub = parser.add_subparsers(dest="command", required=True)
-    run = sub.add_parser("run", help="run the experiment DAG once, in-process, and print the comparison")
+def _epilog(*commands: str) -> str:
+    width = max(len(EXAMPLES[c][0]) for c in commands)
+    lines = [f"  {EXAMPLES[c][0]:<{width}}   {EXAMPLES[c][1]}\n" for c in commands]
+    return ("examples:\n" if len(lines) > 1 else "example:\n") + "".join(lines)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="bnpipe",
+        description="Train Keras model variants through Airflow, compare them in MLflow, score and serve the champion.",
+        epilog=_epilog(*EXAMPLES) + "\n" + ENVIRONMENT,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{" + ",".join(EXAMPLES) + "}")
+
+    def command(name: str, help_: str):
+        return sub.add_parser(
+            name, help=help_, description=help_, epilog=_epilog(name),
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )  # fmt: skip
+
+    run = command("run", "run the experiment DAG once, in-process, and print the comparison")
     for name, s in spec.SPEC.items():
         flag = "--" + name.replace("_", "-")
         kind = s["type"] if isinstance(s["type"], str) else next(t for t in s["type"] if t != "null")
@@ -250,22 +408,30 @@ def main(argv: list[str] | None = None) -> int:
     run.set_defaults(func=cmd_run)
     from bnpipe.score import PARAMS
 
-    sc = sub.add_parser("score", help="score a csv/parquet file with the champion; writes <stem>.predictions.*")
+    sc = command("score", "score a csv/parquet file with the champion; writes <stem>.predictions.*")
     sc.add_argument("--dataset", required=True, help=PARAMS["dataset"]["description"])
     sc.add_argument("--input", required=True, metavar="PATH_OR_URL", help=PARAMS["input_path"]["description"])
     sc.add_argument("--id-column", help=PARAMS["id_column"]["description"])
     sc.set_defaults(func=cmd_score)
-    serve = sub.add_parser("serve", help="serve the champion over HTTP on 127.0.0.1 with MLflow's model server")
+    serve = command("serve", "serve the champion over HTTP on 127.0.0.1 with MLflow's model server")
     serve.add_argument("--dataset", required=True, help=PARAMS["dataset"]["description"])
     serve.add_argument("--port", type=int, default=5001, help="port on 127.0.0.1 (default: 5001)")
     serve.set_defaults(func=cmd_serve)
-    rep = sub.add_parser("report", help="rebuild the claims report (HTML + Markdown + plots) of a past run from MLflow")
+    rep = command("report", "rebuild the claims report (HTML + Markdown + plots) of a past run from MLflow")
     rep.add_argument("run_id", help="the Airflow DAG run id or the MLflow parent run id")
     rep.add_argument("--out", metavar="DIR", help="output directory (default: ./bnpipe-report-<run id>)")
     rep.add_argument("--log", action="store_true", help="also log the report to the parent run's report/ artifacts")
     rep.set_defaults(func=cmd_report)
-    args = parser.parse_args(argv)
-    return args.func(args)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except KeyboardInterrupt:
+        print(f"bnpipe {args.command}: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

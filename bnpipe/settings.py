@@ -99,3 +99,8 @@ def retry_delay_seconds() -> float:
 def train_timeout_seconds() -> float:
     """execution_timeout of one training task."""
     return float(os.environ.get("BNPIPE_TRAIN_TIMEOUT", "7200"))
+
+
+def embedded_tracking_uri() -> str:
+    """The embedded MLflow store: a SQLite file under BNPIPE_HOME (used when MLFLOW_TRACKING_URI is unset)."""
+    return f"sqlite:///{home() / 'mlflow.db'}"
