@@ -53,7 +53,7 @@ def test_config_name_strips_only_the_seed():
         ("init-activation", {"initializer": {"naive_normal", "glorot_uniform", "he_normal"},
                              "activation": {"sigmoid", "relu", "elu"}}),
         ("dying-relu", {"activation": {"relu", "leaky_relu", "elu", "selu"}}),
-        ("exploding", {"clipping": {"none", "clipnorm"}, "learning_rate": {0.01, 0.1}}),
+        ("exploding", {"clipping": {"none", "clipnorm"}, "learning_rate": {0.1, 0.3}}),
         ("overfit", {"hidden_bn": {False, True}}),
     ],
 )  # fmt: skip
