@@ -9,8 +9,11 @@
   of the parent run) when that run has one.
 
 The FastAPI app runs inside the api-server and asks for the same login as the UI (the session
-cookie or a Bearer token). Only the standard library, FastAPI and Airflow are imported here;
-MLflow is imported inside the functions that need it, TensorFlow never.
+cookie or a Bearer token), then asks the auth manager whether that user may read the DAG named in
+the path or query (``is_authorized_dag``, method GET: its runs for the results pages, its task
+instances for the MLflow link), as Airflow's own routes do; 401 without a login, 403 without
+access. Only the standard library, FastAPI and Airflow are imported here; Airflow's API modules
+and MLflow are imported inside the functions that need them, TensorFlow never.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import html
 import json
 import os
 import urllib.parse
+from typing import Annotated
 
 from airflow.plugins_manager import AirflowPlugin
 from airflow.sdk import BaseOperatorLink
@@ -95,20 +99,36 @@ class MlflowRunLink(BaseOperatorLink):
 
 
 # ------------------------------------------------------------------ the FastAPI app
-async def require_login(request: Request) -> None:
-    """The UI's login: a Bearer token, else the UI's session cookie; 401/403 without one."""
-    from airflow.api_fastapi.auth.managers.base_auth_manager import COOKIE_NAME_JWT_TOKEN
-    from airflow.api_fastapi.core_api.security import resolve_user_from_token
+async def require_login(request: Request):
+    """The UI's login (Airflow's ``get_user``: a Bearer token, else the session cookie); 401/403 without one."""
+    from airflow.api_fastapi.core_api.security import bearer_scheme, get_user
 
-    auth = request.headers.get("authorization", "")
-    token = auth[7:] if auth.lower().startswith("bearer ") else request.cookies.get(COOKIE_NAME_JWT_TOKEN)
-    await resolve_user_from_token(token)
+    return await get_user(request, None, await bearer_scheme(request))
 
 
+def require_dag_read(entity: str):
+    """A dependency: the logged-in user may read ``entity`` (a ``DagAccessEntity`` name) of the DAG
+    whose id is in the path or the query, by Airflow's ``requires_access_dag``; 403 otherwise.
+
+    Airflow's API modules are imported on the first request, inside the api-server, so the
+    scheduler, dag-processor and workers that import this plugin do not pay for them.
+    """
+
+    def check(request: Request, user: Annotated[object, Depends(require_login)]) -> None:
+        from airflow.api_fastapi.auth.managers.models.resource_details import DagAccessEntity
+        from airflow.api_fastapi.core_api.security import requires_access_dag
+
+        requires_access_dag("GET", DagAccessEntity[entity])(request, user)
+
+    return check
+
+
+# Every route names its DAG (path or query) and checks it; the app-wide login is a backstop.
 app = FastAPI(title="bnpipe", dependencies=[Depends(require_login)])
+READ_RUNS = [Depends(require_dag_read("RUN"))]
 
 
-@app.get("/mlflow-run")
+@app.get("/mlflow-run", dependencies=[Depends(require_dag_read("TASK_INSTANCE"))])
 def mlflow_run(dag_id: str, dag_run_id: str, task_id: str, map_index: int = -1):
     """Redirect to the MLflow run of one task instance."""
     url = task_run_url(dag_id, dag_run_id, task_id, map_index)
@@ -117,19 +137,19 @@ def mlflow_run(dag_id: str, dag_run_id: str, task_id: str, map_index: int = -1):
     return RedirectResponse(url, status_code=307)
 
 
-@app.get("/runs/{dag_id}/latest", response_class=HTMLResponse)
+@app.get("/runs/{dag_id}/latest", response_class=HTMLResponse, dependencies=READ_RUNS)
 def latest_results(dag_id: str):
     """The results page of the DAG's latest run that reached MLflow."""
     return HTMLResponse(_results_page(dag_id, None))
 
 
-@app.get("/runs/{dag_id}/{dag_run_id}", response_class=HTMLResponse)
+@app.get("/runs/{dag_id}/{dag_run_id}", response_class=HTMLResponse, dependencies=READ_RUNS)
 def run_results(dag_id: str, dag_run_id: str):
     """Comparison table, champion decision and claims report of one DAG run."""
     return HTMLResponse(_results_page(dag_id, dag_run_id))
 
 
-@app.get("/runs/{dag_id}/{dag_run_id}/report.html", response_class=HTMLResponse)
+@app.get("/runs/{dag_id}/{dag_run_id}/report.html", response_class=HTMLResponse, dependencies=READ_RUNS)
 def run_report(dag_id: str, dag_run_id: str):
     """The claims report (``report/report.html`` of the parent run), as it was logged."""
     client, parent = _parent_run(dag_id, None if dag_run_id == "latest" else dag_run_id)

@@ -356,3 +356,60 @@ def test_dockerfile_builds_on_the_pinned_airflow_image():
     assert re.search(r"apt-get install[^\n]*dataset-fashion-mnist", text)
     assert re.search(r"pip install[^\n]*/opt/bnpipe\b", text)  # the project itself, with pyproject's pins
     assert "COPY --chown=airflow:root pyproject.toml" in text
+
+
+# --- who may read MLflow and move `champion` -----------------------------------------------------
+
+
+def _mounted_file(service: dict, target: str) -> Path:
+    """The repository file bind-mounted at ``target`` in ``service``."""
+    mounts = [v.split(":") for v in service.get("volumes") or [] if isinstance(v, str)]
+    source = next(src for src, dst, *_ in mounts if dst == target)
+    assert source.startswith("./"), f"{target} must be mounted from the repository, not {source}"
+    return ROOT / source
+
+
+def test_mlflow_requires_a_login_configured_without_secrets(compose):
+    import configparser
+
+    mlflow = compose["services"]["mlflow"]
+    assert "--app-name=basic-auth" in mlflow["command"]
+    env = _env(mlflow)
+    ini_file = _mounted_file(mlflow, env["MLFLOW_AUTH_CONFIG_PATH"])
+    ini = configparser.ConfigParser()
+    assert ini.read(ini_file) == [str(ini_file)]
+    auth = ini["mlflow"]
+    # a new user sees and changes nothing until an admin grants it
+    assert auth["default_permission"] == "NO_PERMISSIONS"
+    # a good login is remembered for a while, not re-hashed on each of the tasks' many requests
+    assert auth.getint("auth_cache_ttl_seconds") > 0
+    # the admin comes from .env, never from the file; the file holds no password at all
+    assert "admin_password" not in auth and not URL_USERINFO.search(auth["database_uri"])
+    assert env["MLFLOW_AUTH_ADMIN_USERNAME"] == "${MLFLOW_ADMIN_USERNAME:?set it in .env (see .env.example)}"
+    assert env["MLFLOW_AUTH_ADMIN_PASSWORD"] == "${MLFLOW_ADMIN_PASSWORD:?set it in .env (see .env.example)}"
+    # the auth database is on postgres, its password is the mlflow role's, and the init script creates it
+    assert auth["database_uri"].startswith("postgresql+psycopg2://mlflow@postgres:5432/")
+    assert env["PGPASSWORD"] == "${MLFLOW_DB_PASSWORD:?set it in .env (see .env.example)}"
+    auth_db = auth["database_uri"].rsplit("/", 1)[1]
+    init = _mounted_file(compose["services"]["postgres"], "/docker-entrypoint-initdb.d")
+    script = "".join(s.read_text() for s in init.glob("*.sh"))
+    assert f"MLFLOW_AUTH_DB_NAME:-{auth_db}}}" in script and 'CREATE DATABASE :"auth_db"' in script
+    assert auth_db != env["MLFLOW_BACKEND_STORE_URI"].rsplit("/", 1)[1]
+    # the health check stays unauthenticated (MLflow leaves /health open)
+    assert mlflow["healthcheck"]["test"][-1].endswith(":5000/health")
+
+
+def test_airflow_logs_in_to_mlflow_as_the_configured_admin(compose, env_example):
+    services = compose["services"]
+    admin = _env(services["mlflow"])
+    for name, svc in services.items():
+        if name.startswith("airflow-"):
+            env = _env(svc)
+            assert env["MLFLOW_TRACKING_USERNAME"] == admin["MLFLOW_AUTH_ADMIN_USERNAME"], name
+            assert env["MLFLOW_TRACKING_PASSWORD"] == admin["MLFLOW_AUTH_ADMIN_PASSWORD"], name
+    # no default login: compose refuses to start without each of them
+    for var in ("MLFLOW_ADMIN_USERNAME", "MLFLOW_ADMIN_PASSWORD", "MLFLOW_FLASK_SERVER_SECRET_KEY"):
+        assert env_example[var] == ""
+        assert {m["op"] for m in _refs(compose) if m["name"] == var} == {":?"}, var
+        with pytest.raises(KeyError, match=var):
+            _interpolate(services["mlflow"], {**_secrets_env(env_example), var: ""})
