@@ -13,7 +13,6 @@ from __future__ import annotations
 import gzip
 import hashlib
 import json
-import os
 import shutil
 import struct
 import tempfile
@@ -161,7 +160,7 @@ def _read_idx(path: Path):
 
 
 def _fashion_mnist_dir(req: IngestRequest) -> Path | None:
-    for candidate in (req.path, os.environ.get("BNPIPE_FASHION_MNIST_DIR"), settings.FASHION_MNIST_DIR):
+    for candidate in (req.path, *settings.fashion_mnist_dirs()):
         if candidate and (Path(candidate) / "train-labels-idx1-ubyte.gz").exists():
             return Path(candidate)
     return None
@@ -354,7 +353,7 @@ def resolve_location(loc: str, max_bytes: int = DEFAULT_MAX_BYTES, param: str = 
             )
         return loc
     p = Path(loc).expanduser().resolve()
-    if os.environ.get("BNPIPE_ALLOW_ANY_PATH") != "1":
+    if not settings.allow_any_path():
         dirs = settings.allowed_input_dirs()
         if not any(p.is_relative_to(d) for d in dirs):
             raise DataError(

@@ -13,7 +13,6 @@ sidecar breaks the Params' schema is not started: it is marked seen, with the re
 from __future__ import annotations
 
 import json
-import os
 import time
 from pathlib import Path
 
@@ -26,7 +25,7 @@ DEFAULT_LABEL = "label"
 
 
 def inbox_dir() -> Path:
-    return Path(os.environ.get("BNPIPE_INBOX", settings.home() / "inbox")).resolve()
+    return settings.inbox_dir()
 
 
 def _marker(path: Path) -> Path:

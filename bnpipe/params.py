@@ -6,6 +6,8 @@ against the same schemas, so a wrong value is refused with the same message befo
 
 from __future__ import annotations
 
+import json
+
 from bnpipe import data
 from bnpipe.compare import METRICS
 from bnpipe.variants import GRID_SETTINGS, GRIDS, Variant
@@ -52,9 +54,10 @@ SPEC: dict[str, dict] = {
         "enum": [*GRIDS, "custom"],
         "title": "Variant grid",
         "description": "smoke: 4 tiny variants; default: standardized vs. BN-first x 2 initializers x "
-        "clipping; full: every preprocessing, initializer, activation, clipping and hidden BN; "
-        "textbook, tabular-scales, deep-sigmoid: the claims report's experiments (from the CLI they "
-        "bring their own dataset, epochs, batch size and seeds unless given); custom: the axes below.",
+        "clipping; full: every preprocessing, initializer, activation, clipping and hidden BN; the claims "
+        "experiments (from the CLI each brings its own data set, epochs, batch size and seeds unless given): "
+        "init-activation (claim 1), dying-relu (2), exploding (3), overfit (4a), textbook, tabular-scales, "
+        "deep-sigmoid, tabular-suite (real tables); custom: the axes below.",
     },
     "axes": {
         "default": {},
@@ -212,3 +215,31 @@ def train_config(p: dict):
     from bnpipe.train import TrainConfig
 
     return TrainConfig(epochs=p["epochs"], batch_size=p["batch_size"], grad_every_steps=p.get("grad_every_steps") or 0)
+
+
+def markdown() -> str:
+    """docs/params.md: every Param with its default and description, generated from ``SPEC``."""
+
+    def default(s: dict) -> str:
+        return "–" if s["default"] in (None, {}, []) else f"`{json.dumps(s['default'])}`"
+
+    def kind(s: dict) -> str:
+        t = s["type"] if isinstance(s["type"], str) else "/".join(x for x in s["type"] if x != "null")
+        return t + (f": {', '.join(map(str, s['enum']))}" if "enum" in s else "")
+
+    rows = [f"| `{n}` | {default(s)} | {kind(s)} | {s['description'].replace('|', '/')} |" for n, s in SPEC.items()]
+    return "\n".join([
+        "# Params",
+        "",
+        "The experiment DAG's trigger form and `bnpipe run`'s flags (`--data-path` for `data_path`) take the same "
+        "Params, generated from `bnpipe/params.py` (`python -m bnpipe.params`). A wrong value is refused before "
+        "anything runs, with the Param's name and what it expects.",
+        "",
+        "| Param | default | type | what it does |",
+        "|---|---|---|---|",
+        *rows,
+    ]) + "\n"  # fmt: skip
+
+
+if __name__ == "__main__":
+    print(markdown(), end="")

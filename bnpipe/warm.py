@@ -65,15 +65,15 @@ class _Vanished(WarmTrainerError):
 
 
 def enabled() -> bool:
-    return os.environ.get("BNPIPE_WARM_TRAINERS", "1") != "0" and "tensorflow" not in sys.modules
+    return settings.warm_trainers_enabled() and "tensorflow" not in sys.modules
 
 
 def idle_seconds() -> float:
-    return float(os.environ.get("BNPIPE_WARM_IDLE", "600"))
+    return settings.warm_idle_seconds()
 
 
 def max_rss_mb() -> float:
-    return float(os.environ.get("BNPIPE_WARM_MAX_RSS_MB", "4096"))
+    return settings.warm_max_rss_mb()
 
 
 def code_digest() -> str:

@@ -13,7 +13,6 @@ Results: the MLflow UI, experiment `bnpipe`, one parent run per DAG run.
 
 from __future__ import annotations
 
-import os
 from datetime import datetime, timedelta
 
 from airflow.sdk import Param, dag, get_current_context, task
@@ -31,7 +30,7 @@ def _airflow_link() -> str:
 
 @dag(
     dag_id=DAG_ID,
-    schedule=os.environ.get("BNPIPE_SCHEDULE", "@weekly") or None,  # empty: manual and data-triggered only
+    schedule=settings.schedule(),  # BNPIPE_SCHEDULE; empty: manual and data-triggered only
     start_date=datetime(2026, 1, 1),
     catchup=False,
     max_active_runs=1,

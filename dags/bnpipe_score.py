@@ -14,7 +14,6 @@ experiment `bnpipe-scoring` (model version, rows scored, seconds, predicted clas
 
 from __future__ import annotations
 
-import os
 from datetime import datetime, timedelta
 
 from airflow.sdk import Param, dag, get_current_context, task
@@ -27,7 +26,7 @@ DAG_ID = "bnpipe_score"
 
 @dag(
     dag_id=DAG_ID,
-    schedule=os.environ.get("BNPIPE_SCORE_SCHEDULE") or None,
+    schedule=settings.score_schedule(),
     start_date=datetime(2026, 1, 1),
     catchup=False,
     tags=["bnpipe", "ml", "scoring"],

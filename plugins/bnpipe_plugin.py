@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import html
 import json
-import os
 import urllib.parse
 from typing import Annotated
 
@@ -36,10 +35,12 @@ PREFIX = "/bnpipe"
 
 # ------------------------------------------------------------------ MLflow lookups
 def _mlflow_ui() -> str:
-    ui = os.environ.get("BNPIPE_MLFLOW_UI_URL") or os.environ.get("MLFLOW_TRACKING_URI", "")
-    if not ui.startswith(("http://", "https://")):
+    from bnpipe import settings
+
+    ui = settings.mlflow_ui_url()
+    if not ui:
         raise HTTPException(503, "Set BNPIPE_MLFLOW_UI_URL to the MLflow UI's address (`make up` does).")
-    return ui.rstrip("/")
+    return ui
 
 
 def _run_url(experiment_id: str, run_id: str) -> str:
