@@ -626,7 +626,7 @@ def verdicts_json(verdicts: list[dict]) -> dict:
             "runs_left_out": c["left_out"],
         } for c in v["comparisons"]]  # fmt: skip
         claims_out.append({"claim": v["claim"], "text": v["text"], "verdict": v["verdict"], "rule": v["rule"],
-                           "reason": v["reason"], "comparisons": comps})  # fmt: skip
+                           "reason": v["reason"], "headline": v["headline"], "comparisons": comps})  # fmt: skip
     return clean({"alpha": ALPHA, "min_replicates": MIN_REPLICATES, "unit": "seed (own split and initialization)",
                   "claims": claims_out})  # fmt: skip
 

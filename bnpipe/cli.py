@@ -32,6 +32,7 @@ EXAMPLES = {
     "score": ("bnpipe score --dataset wine --input new_wines.csv", "score a file with the wine champion"),
     "serve": ("bnpipe serve --dataset wine --port 5001", "serve the wine champion over HTTP"),
     "report": ("bnpipe report manual__2026-01-01T00:00:00+00:00", "rebuild a past run's claims report"),
+    "runs": ("bnpipe runs show manual__2026-01-01T00:00:00+00:00", "a past run's closing summary, from MLflow"),
 }
 
 # Shell variables the embedded setup drops: all that Airflow reads, and the MLflow ones that would
@@ -224,9 +225,10 @@ def execution_api(timeout: float = 120.0):
             proc.kill()
 
 
-def run_dag(conf: dict, parallel: bool = False, dag_id: str = DAG_ID):
+def run_dag(conf: dict, parallel: bool = False, dag_id: str = DAG_ID, run_after=None):
     """Run the DAG once in this process with ``conf``; returns the finished DagRun.
 
+    ``run_after`` (an aware datetime) fixes the DAG run's id in advance: see ``dag_run_id``.
     With ``parallel``, tasks go to the LocalExecutor, which needs an api-server for the
     Task Execution API: one is started on a free loopback port for the duration of the run.
     """
@@ -237,13 +239,13 @@ def run_dag(conf: dict, parallel: bool = False, dag_id: str = DAG_ID):
     try:
         if parallel:
             with execution_api():
-                return _run_dag(conf, parallel, dag_id)
-        return _run_dag(conf, parallel, dag_id)
+                return _run_dag(conf, parallel, dag_id, run_after)
+        return _run_dag(conf, parallel, dag_id, run_after)
     finally:  # the training tasks' warm trainers (bnpipe.warm) end with this run
         warm.stop_all()
 
 
-def _run_dag(conf: dict, parallel: bool, dag_id: str = DAG_ID):
+def _run_dag(conf: dict, parallel: bool, dag_id: str = DAG_ID, run_after=None):
     from airflow.dag_processing.dagbag import DagBag
 
     folder = os.environ["AIRFLOW__CORE__DAGS_FOLDER"]
@@ -255,7 +257,15 @@ def _run_dag(conf: dict, parallel: bool, dag_id: str = DAG_ID):
     dag = bag.get_dag(dag_id)
     if dag is None:
         raise EmbeddedError(f"no DAG {dag_id!r} in {_shown_path(folder)}; is this a complete bnpipe checkout?")
-    return dag.test(run_conf=conf, use_executor=parallel)
+    return dag.test(run_conf=conf, use_executor=parallel, run_after=run_after)
+
+
+def dag_run_id(run_after) -> str:
+    """The id ``dag.test(run_after=...)`` gives its DAG run (it also sets a logical date)."""
+    from airflow.models.dagrun import DagRun
+    from airflow.utils.types import DagRunType
+
+    return DagRun.generate_run_id(run_type=DagRunType.MANUAL, logical_date=run_after, run_after=run_after)
 
 
 def summary_for(dag_run_id: str) -> dict | None:
@@ -265,42 +275,184 @@ def summary_for(dag_run_id: str) -> dict | None:
     return load_summary(dag_id=DAG_ID, dag_run_id=dag_run_id)
 
 
+@contextlib.contextmanager
+def output_to(path: Path | None):
+    """Send everything this process and its children write on fd 1 and 2 (Airflow's structured logs,
+    the LocalExecutor's workers, the warm trainers) to ``path``; yields the terminal's stdout and
+    stderr as files. ``path=None`` leaves the output where it is (``--verbose``)."""
+    if path is None:
+        yield sys.stdout, sys.stderr
+        return
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = os.dup(1), os.dup(2)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    os.dup2(fd, 1)
+    os.dup2(fd, 2)
+    os.close(fd)
+    out = os.fdopen(os.dup(saved[0]), "w", buffering=1)
+    err = os.fdopen(os.dup(saved[1]), "w", buffering=1)
+    try:
+        yield out, err
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        out.close()
+        err.close()
+        os.dup2(saved[0], 1)
+        os.dup2(saved[1], 2)
+        os.close(saved[0])
+        os.close(saved[1])
+
+
+def _watcher(conf: dict, run_id: str, out, verbose: bool):
+    """The progress of DAG run ``run_id``, read from MLflow: a Live display on a terminal, else plain lines."""
+    from mlflow.exceptions import MlflowException
+    from rich.console import Console
+
+    from bnpipe import progress, tracking
+
+    console = Console(file=out)
+    if console.is_terminal and not verbose:
+        title = f"bnpipe run {run_id}: {conf['dataset']}, grid {conf['grid']}"
+        view = progress.LiveView(console, title)
+    else:
+        view = progress.PlainView(out)
+    holder = {}
+
+    def read():
+        if "client" not in holder:
+            holder["client"] = tracking.connect(attempts=1)
+        return progress.read_runs(holder["client"], settings.experiment_name(), run_id)
+
+    planned = [v["name"] for v in spec.variant_dicts(conf)]
+    errors = (MlflowException, OSError, tracking.TrackingError)
+    return progress.Watcher(read, view, planned, conf["epochs"], read_errors=errors)
+
+
+def where_to_look(summary: dict) -> list[str]:
+    """Where the rest is: the claims report's artifact path and how to open the MLflow UI."""
+    from bnpipe import report, tracking
+
+    client = tracking.connect()
+    parent = client.get_run(summary["parent_run_id"])
+    uri = settings.tracking_uri()
+    page = f"#/experiments/{summary['experiment_id']}/runs/{summary['parent_run_id']}"
+    artifacts = parent.info.artifact_uri
+    if artifacts.startswith("file://"):  # a local store: a path one can open
+        from urllib.parse import unquote, urlsplit
+
+        artifacts = _shown_path(unquote(urlsplit(artifacts).path))
+    lines = [f"Claims report: {artifacts}/{report.REPORT_DIR}/report.html"]
+    if uri.startswith(("http://", "https://")):
+        lines.append(f"MLflow UI: {_shown_uri(uri).rstrip('/')}/{page}")
+    else:
+        venv_mlflow = _shown_path(Path(sys.executable).parent / "mlflow")
+        lines.append(f"MLflow UI: {venv_mlflow} ui --backend-store-uri {uri} --host 127.0.0.1")
+        lines.append(f"  then open http://127.0.0.1:5000/{page}")
+    return lines
+
+
+def read_verdicts(parent_run_id: str) -> list[dict] | None:
+    """The claims of the parent run's report/verdicts.json; None when the report was not logged."""
+    import tempfile
+
+    from mlflow.exceptions import MlflowException
+
+    from bnpipe import report, tracking
+
+    client = tracking.connect()
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            path = client.download_artifacts(parent_run_id, f"{report.REPORT_DIR}/{report.VERDICTS_FILE}", tmp)
+        except (MlflowException, OSError):  # no report: publish_claims_report recorded why on the parent
+            return None
+        return json.loads(Path(path).read_text()).get("claims")
+
+
+def closing_summary(summary: dict, top: int = 5) -> str:
+    """What `bnpipe run` and `bnpipe runs show` print at the end; everything read from MLflow."""
+    from bnpipe.report import summary_text
+
+    verdicts = read_verdicts(summary["parent_run_id"])
+    where = where_to_look(summary)
+    if verdicts is None:
+        where.insert(0, "No claims report on this run; `bnpipe report <run id> --log` rebuilds it.")
+    return summary_text(summary, top=top, verdicts=verdicts, where=where)
+
+
 def cmd_run(args) -> int:
     try:
         conf = spec.validate(_conf_from_args(args))
     except (spec.ParamError, json.JSONDecodeError) as exc:
         print(f"bnpipe run: {exc}", file=sys.stderr)
         return 2
+    from datetime import UTC, datetime
+
     from bnpipe.tracking import TrackingError
 
     dropped = apply_embedded_env()
-    problem = tracking_problem()
-    if problem:
-        print(f"bnpipe run: {problem}", file=sys.stderr)
-        return 1
-    notice = embedded_notice("bnpipe run", dropped)
-    if notice:
-        print(notice, file=sys.stderr, flush=True)
-    try:
-        dr = run_dag(conf, parallel=args.parallel)
-    except EmbeddedError as exc:
-        print(f"bnpipe run: {exc}", file=sys.stderr)
-        return 1
+    run_after = datetime.now(UTC)
+    log_path = None if args.verbose else settings.home() / "logs" / f"run-{run_after:%Y%m%dT%H%M%S}.log"
+    with output_to(log_path) as (out, err):
+        problem = tracking_problem()
+        if problem:
+            print(f"bnpipe run: {problem}", file=err)
+            return 1
+        notice = embedded_notice("bnpipe run", dropped)
+        if notice:
+            print(notice, file=err, flush=True)
+        run_id = dag_run_id(run_after)
+        if log_path:
+            print(f"Airflow's logs: {_shown_path(log_path)} (--verbose shows them here)", file=out, flush=True)
+        try:
+            with _watcher(conf, run_id, out, args.verbose):
+                dr = run_dag(conf, parallel=args.parallel, run_after=run_after)
+        except EmbeddedError as exc:
+            print(f"bnpipe run: {exc}", file=err)
+            return 1
     try:
         summary = summary_for(dr.run_id)
+        text = closing_summary(summary) if summary and summary.get("table") else None
     except TrackingError as exc:
         print(f"bnpipe run: DAG run {dr.run_id} ended {dr.state}; {exc}", file=sys.stderr)
         return 1
-    from bnpipe.report import summary_text
-
     state = str(getattr(dr.state, "value", dr.state))
-    if summary and summary.get("table"):
-        print(summary_text(summary))
+    if text:
+        print("\n" + text)
     if args.summary_json and summary:
         Path(args.summary_json).write_text(json.dumps(summary, indent=2, default=str))
     if state != "success":
-        reason = (summary or {}).get("failure") or "see the task logs"
+        logs = f"Airflow's logs in {_shown_path(log_path)}" if log_path else "the task logs above"
+        reason = (summary or {}).get("failure") or f"see {logs}"
         print(f"bnpipe run: DAG run {dr.run_id} ended {state}: {reason}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def cmd_runs_show(args) -> int:
+    """The closing summary of a past run (`make up`, the REST API, or `bnpipe run`), from MLflow alone."""
+    _enter_embedded("bnpipe runs show")
+    from bnpipe.report import resolve_summary
+    from bnpipe.tracking import TrackingError
+
+    try:
+        summary = resolve_summary(args.run_id)
+        if summary is None:
+            where = _shown_uri(settings.tracking_uri())
+            print(f"bnpipe runs show: no bnpipe run {args.run_id!r} in MLflow at {where}; give a DAG run id or an "
+                  "MLflow parent run id (see `mlflow ui`, experiment bnpipe)", file=sys.stderr)  # fmt: skip
+            return 1
+        if not summary.get("table"):
+            message = f"run {args.run_id} has no variant runs yet (parent run {summary['status']})"
+            print(f"bnpipe runs show: {message}", file=sys.stderr)
+            return 1
+        ids = f"DAG run {summary.get('dag_run_id')}, MLflow parent run {summary['parent_run_id']}"
+        print(f"{ids} ({summary['status']})")
+        print(closing_summary(summary, top=args.top))
+    except TrackingError as exc:
+        print(f"bnpipe runs show: {exc}", file=sys.stderr)
         return 1
     return 0
 
@@ -405,6 +557,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--conf", help="all Params at once, as a JSON object (flags win)")
     run.add_argument("--summary-json", metavar="PATH", help="write the run summary as JSON to PATH")
     run.add_argument("--parallel", action="store_true", help="run mapped tasks in parallel with LocalExecutor")
+    run.add_argument(
+        "--verbose", action="store_true",
+        help="stream Airflow's logs here instead of to $BNPIPE_HOME/logs/run-<time>.log; progress as plain lines",
+    )  # fmt: skip
     run.set_defaults(func=cmd_run)
     from bnpipe.score import PARAMS
 
@@ -422,6 +578,15 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--out", metavar="DIR", help="output directory (default: ./bnpipe-report-<run id>)")
     rep.add_argument("--log", action="store_true", help="also log the report to the parent run's report/ artifacts")
     rep.set_defaults(func=cmd_report)
+    runs = command("runs", "look at past runs in MLflow, however they were started")
+    runs_sub = runs.add_subparsers(dest="runs_command", required=True, metavar="{show}")
+    show = runs_sub.add_parser(
+        "show", help="a run's closing summary: ranking, champion, claim verdicts, where to look",
+        description="The closing summary of a past run, read from MLflow alone.",
+    )  # fmt: skip
+    show.add_argument("run_id", help="the Airflow DAG run id or the MLflow parent run id")
+    show.add_argument("--top", type=int, default=10, help="rows of the ranked table to show (default: 10)")
+    show.set_defaults(func=cmd_runs_show)
     return parser
 
 

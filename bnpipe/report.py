@@ -25,10 +25,17 @@ def markdown_table(rows: list[dict], columns: list[str] | None = None) -> str:
     return "\n".join(lines)
 
 
-def summary_text(summary: dict) -> str:
-    """What `bnpipe run` prints: the table, then who holds the alias and why."""
+def summary_text(
+    summary: dict, top: int | None = None, verdicts: list[dict] | None = None, where: list[str] | None = None
+) -> str:
+    """The closing summary: the ranked table (the ``top`` rows), who holds the alias and why, one
+    sentence per claim (``verdict_text``) and where to look next (``where``, one line each)."""
     cols = ["rank", "variant", "status", "val_accuracy", "val_loss", "test_accuracy", "train_seconds"]
-    out = [markdown_table(summary["table"], cols), ""]
+    rows = summary["table"]
+    out = [markdown_table(rows[:top] if top else rows, cols)]
+    if top and len(rows) > top:
+        out.append(f"(top {top} of {len(rows)} variants; the full table is the parent run's comparison/comparison.csv)")
+    out.append("")
     champ = summary.get("champion")
     if champ:
         verb = "now holds" if champ["alias_moved"] else "was registered; the alias did not move"
@@ -40,6 +47,12 @@ def summary_text(summary: dict) -> str:
         out.append(f"Reason: {champ['reason']}")
         if champ.get("champion_version") is not None:
             out.append(f"'champion' -> {champ['model_name']} version {champ['champion_version']}")
+    elif summary.get("failure"):
+        out.append(f"No champion: {summary['failure']}")
+    if verdicts:
+        out += ["", verdict_text(verdicts)]
+    if where:
+        out += ["", *where]
     return "\n".join(out)
 
 
@@ -392,5 +405,31 @@ def publish_claims_report(parent_run_id: str) -> dict:
 
 
 def verdict_text(verdicts: list[dict]) -> str:
-    """One line per claim, for logs and the CLI: the verdict and its headline numbers when there are any."""
-    return "\n".join(v.get("sentence") or claims.sentence(v) for v in verdicts)
+    """One line per claim, for logs and the CLI: the verdict and its headline numbers when there are any.
+
+    ``verdicts``: ``claims.evaluate``'s rows, rows that carry their ``sentence``, or the ``claims`` of
+    verdicts.json (``claims.verdicts_json``). Claims this grid does not test share one line.
+    """
+    lines, untested = [], []
+    for v in verdicts:
+        if v.get("verdict") == claims.UNTESTED:
+            untested.append(v["claim"])
+        else:
+            lines.append(v.get("sentence") or claims.sentence(_from_json(v) if "lo" not in v else v))
+    if untested:
+        lines.append(f"claim{'s' * (len(untested) > 1)} {', '.join(untested)}: {claims.UNTESTED}")
+    return "\n".join(lines)
+
+
+def _from_json(v: dict) -> dict:
+    """A claim of verdicts.json back in the shape ``claims.sentence`` takes (null numbers are NaN)."""
+    import math
+
+    def num(x):
+        return math.nan if x is None else x
+
+    comps = [{**c, "estimate": num(c["estimate"]), "lo": num((c.get("interval") or [None, None])[0]),
+              "hi": num((c.get("interval") or [None, None])[1]), "margin": num(c["margin"]),
+              "p_holds_holm": c.get("p_adjusted"), "p_fails_holm": c.get("p_does_not_hold_adjusted"),
+              "detectable": c.get("detectable_difference")} for c in v.get("comparisons", [])]  # fmt: skip
+    return {**v, "comparisons": comps}

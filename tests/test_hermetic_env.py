@@ -99,7 +99,7 @@ def test_help_lists_every_command_with_an_example_that_parses(tmp_path):
     proc = subprocess.run([BNPIPE, "--help"], env=cli_env(tmp_path), capture_output=True, text=True, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr
     commands = proc.stdout.split("{", 1)[1].split("}", 1)[0].split(",")
-    assert set(commands) == {"run", "score", "serve", "report"}
+    assert set(commands) == {"run", "score", "serve", "report", "runs"}
     examples = [line.strip() for line in proc.stdout.splitlines() if line.startswith("  bnpipe ")]
     for command in commands:
         [example] = [e for e in examples if e.split()[1] == command]
