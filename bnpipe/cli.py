@@ -21,8 +21,7 @@ import sys
 from pathlib import Path
 
 from bnpipe import params as spec
-from bnpipe import settings
-from bnpipe.stack import free_port, port_is_free
+from bnpipe import procs, settings
 
 DAG_ID = "bnpipe_experiment"
 
@@ -191,21 +190,16 @@ def _migrate() -> None:
 def execution_api(timeout: float = 120.0):
     """An Airflow api-server on a free 127.0.0.1 port, for executor-run tasks; stopped on exit."""
     import secrets
-    import subprocess
     import time
     import urllib.request
 
-    port = free_port()
+    port = procs.free_port()
     os.environ.setdefault("AIRFLOW__API_AUTH__JWT_SECRET", secrets.token_hex(32))
     os.environ["AIRFLOW__CORE__EXECUTION_API_SERVER_URL"] = f"http://127.0.0.1:{port}/execution/"
     log_dir = Path(os.environ["AIRFLOW_HOME"]) / "logs"
-    log_dir.mkdir(parents=True, exist_ok=True)
-    with open(log_dir / "api-server.log", "ab") as log:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "airflow", "api-server", "--host", "127.0.0.1", "--port", str(port)],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
+    cmd = [sys.executable, "-m", "airflow", "api-server", "--host", "127.0.0.1", "--port", str(port)]
+    proc = procs.spawn(cmd, log_dir / "api-server.log", dict(os.environ))
+    rec = procs.record(proc.pid, cmd)
     try:
         deadline = time.monotonic() + timeout
         while True:
@@ -218,11 +212,8 @@ def execution_api(timeout: float = 120.0):
                 time.sleep(0.5)
         yield port
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        procs.terminate(rec)  # the api-server and its workers: the group it leads
+        proc.wait(timeout=30)
 
 
 def run_dag(conf: dict, parallel: bool = False, dag_id: str = DAG_ID, run_after=None):
@@ -499,7 +490,7 @@ def cmd_report(args) -> int:
 
 def cmd_serve(args) -> int:
     """Serve the champion with MLflow's model server on 127.0.0.1 (this process becomes the server)."""
-    if not 0 < args.port < 65536 or not port_is_free(args.port):
+    if not 0 < args.port < 65536 or not procs.port_is_free(args.port):
         print(f"bnpipe serve: port {args.port} on 127.0.0.1 is not free; pass another with --port", file=sys.stderr)
         return 1
     _enter_embedded("bnpipe serve")

@@ -22,8 +22,6 @@ import argparse
 import json
 import os
 import secrets
-import signal
-import socket
 import subprocess
 import sys
 import time
@@ -32,9 +30,9 @@ import urllib.parse
 import urllib.request
 from pathlib import Path
 
-from bnpipe import settings
+from bnpipe import procs, settings
+from bnpipe.procs import HOST, free_port, port_is_free
 
-HOST = "127.0.0.1"
 COMPONENTS = ("mlflow", "api-server", "scheduler", "dag-processor", "triggerer")
 EXPERIMENT_DAG = "bnpipe_experiment"
 INBOX_DAG = "bnpipe_on_new_data"
@@ -55,33 +53,6 @@ def _repo_dir(name: str) -> Path:
     """``dags/`` or ``plugins/`` next to this package (editable install), else in the cwd."""
     here = Path(__file__).resolve().parents[1] / name
     return here if here.is_dir() else Path.cwd() / name
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind((HOST, 0))
-        return s.getsockname()[1]
-
-
-def port_is_free(port: int) -> bool:
-    with socket.socket() as s:
-        try:
-            s.bind((HOST, port))
-        except OSError:
-            return False
-        return True
-
-
-def start_ticks(pid: int) -> int | None:
-    """The process's start time in clock ticks since boot (None if it is gone): PID reuse guard."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    fields = stat[stat.rindex(")") + 2 :].split()
-    if fields[0] == "Z":  # a zombie has exited already
-        return None
-    return int(fields[19])
 
 
 def _http(method: str, url: str, body: dict | None = None, headers: dict | None = None, timeout: float = 30):
@@ -228,28 +199,18 @@ class Stack:
 
     def _spawn(self, name: str, cmd: list[str], env: dict | None = None) -> int:
         """Start ``cmd`` in a new process group (with ``env``, default ``self.env``); record its PID and start time."""
-        self.log_dir.mkdir(parents=True, exist_ok=True)
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        with open(self.log_dir / f"{name}.log", "ab") as log:
-            proc = subprocess.Popen(
-                cmd, env=env or self.env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                start_new_session=True, cwd=os.getcwd(),
-            )  # fmt: skip
+        proc = procs.spawn(cmd, self.log_dir / f"{name}.log", env or self.env)
         self._procs[name] = proc
-        record = {"pid": proc.pid, "start_ticks": start_ticks(proc.pid), "cmd": cmd}
-        self._pid_file(name).write_text(json.dumps(record) + "\n")
+        procs.write_record(self._pid_file(name), procs.record(proc.pid, cmd))
         return proc.pid
 
     def _record(self, name: str) -> dict | None:
-        try:
-            return json.loads(self._pid_file(name).read_text())
-        except (OSError, json.JSONDecodeError):
-            return None
+        return procs.read_record(self._pid_file(name))
 
     def alive(self, name: str) -> bool:
         """Is the recorded process of ``name`` still the one we started?"""
-        rec = self._record(name)
-        return bool(rec) and start_ticks(rec["pid"]) == rec["start_ticks"]
+        return procs.alive(self._record(name))
 
     def recorded(self) -> list[str]:
         return sorted(p.stem for p in self.run_dir.glob("*.pid")) if self.run_dir.is_dir() else []
@@ -362,36 +323,12 @@ class Stack:
         order = list(reversed(COMPONENTS))
         names = sorted(self.recorded(), key=lambda n: order.index(n) if n in order else -1)
         for name in names:
-            rec = self._record(name)
-            if rec and start_ticks(rec["pid"]) == rec["start_ticks"]:
-                self._terminate(rec["pid"])
+            procs.terminate(self._record(name))  # its process group, if it is still the one we started
             proc = self._procs.pop(name, None)
             if proc is not None:
                 proc.wait(timeout=30)
             self._pid_file(name).unlink(missing_ok=True)
         warm.stop_all(Path(self.env["BNPIPE_HOME"]))
-
-    @staticmethod
-    def _terminate(pgid: int, grace: float = 20) -> None:
-        """SIGTERM the group ``pgid`` (a session leader we started), SIGKILL after ``grace`` s."""
-        try:
-            os.killpg(pgid, signal.SIGTERM)
-        except ProcessLookupError:
-            return
-        end = time.monotonic() + grace
-        while time.monotonic() < end:
-            try:
-                os.killpg(pgid, 0)
-            except ProcessLookupError:
-                return
-            if start_ticks(pgid) is None:  # leader exited (maybe a zombie we reap later)
-                if not _group_members(pgid):
-                    return
-            time.sleep(0.2)
-        try:
-            os.killpg(pgid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
 
     # ------------------------------------------------------------ REST API
     def token(self, username: str | None = None, password: str | None = None) -> str:
@@ -462,20 +399,6 @@ class Stack:
             f"Logs         {self.log_dir}",
             f"Stop with    make down   (or: {Path(sys.executable).name} -m bnpipe.stack down)",
         ])  # fmt: skip
-
-
-def _group_members(pgid: int) -> list[int]:
-    """PIDs of live (non-zombie) processes in process group ``pgid``."""
-    out = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            text = stat.read_text()
-        except OSError:
-            continue
-        fields = text[text.rindex(")") + 2 :].split()
-        if fields[0] != "Z" and int(fields[2]) == pgid:
-            out.append(int(stat.parent.name))
-    return out
 
 
 # ------------------------------------------------------------------- CLI

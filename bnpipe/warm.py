@@ -15,10 +15,11 @@ Protocol (JSON lines on an abstract Unix socket, so deep ``BNPIPE_HOME`` paths n
   later, optionally, ``{"abort": "FAILED"}`` when the task itself fails (e.g. its timeout);
 - trainer -> task: ``{"out": text}`` lines, then ``{"result": {...}}`` or ``{"error": ...}``.
 
-If the task goes away mid-fit (SIGKILL: the socket closes), the trainer stops at the next
-execution boundary (every ``steps_per_execution`` steps) and marks the variant's MLflow run
-KILLED; on ``abort`` it marks it with the given status. A trainer that does not answer an abort
-within ``ABORT_GRACE`` seconds is killed by the task, so a hung trainer never holds its slot.
+If the task goes away mid-fit (SIGKILL: the socket closes; or its parent, Airflow's supervisor,
+dies with its Celery worker: the task then hangs up), the trainer stops at the next execution
+boundary (every ``steps_per_execution`` steps) and marks the variant's MLflow run KILLED; on
+``abort`` it marks it with the given status. A trainer that does not answer an abort within
+``ABORT_GRACE`` seconds is killed by the task, so a hung trainer never holds its slot.
 A slot is an exclusive ``flock`` on a file, so it is released even when its holder is killed.
 
 Trainers live under ``$BNPIPE_HOME/warm/<code digest>-t<threads>/``: a pool per code version and
@@ -48,8 +49,7 @@ import time
 import traceback
 from pathlib import Path
 
-from bnpipe import settings
-from bnpipe.stack import start_ticks  # the PID-reuse guard the stack's own PID files use
+from bnpipe import procs, settings
 
 ENV_PREFIXES = ("BNPIPE_", "MLFLOW_")
 START_TIMEOUT = 120.0  # a trainer's own start: the TensorFlow import, on a busy machine
@@ -190,6 +190,8 @@ def _exchange(conn: socket.socket, args: dict, pool: Path, slot: int) -> dict:
     except (BrokenPipeError, ConnectionResetError) as exc:
         raise _Vanished(f"the warm trainer closed the connection: {exc}") from exc
     replies = conn.makefile("rb")
+    done = threading.Event()
+    threading.Thread(target=_watch_parent, args=(conn, os.getppid(), done), daemon=True).start()
     try:
         return _read_result(replies)
     except (WarmTrainerError, ConnectionError):  # the trainer is gone: nobody to tell
@@ -198,6 +200,24 @@ def _exchange(conn: socket.socket, args: dict, pool: Path, slot: int) -> dict:
         if not _abort(conn, replies):  # no answer: a hung trainer would block its slot for good
             _kill_trainer(pool, slot)
         raise
+    finally:
+        done.set()
+
+
+def _watch_parent(conn: socket.socket, parent: int, done: threading.Event, every: float = 1.0) -> None:
+    """Hang up on the trainer when this task's parent dies (Airflow's supervisor, killed with its Celery worker).
+
+    The task process lives in a process group of its own, so it outlives its supervisor, and it says
+    nothing while it waits: without this the trainer would finish a job nobody waits for, mark it
+    FINISHED, and hold its slot meanwhile. On EOF the trainer marks the run KILLED and stops.
+    """
+    while not done.wait(every):
+        if os.getppid() != parent:
+            with contextlib.suppress(OSError):  # stderr may lead to the dead supervisor
+                print(f"bnpipe: the task's parent {parent} is gone; stopping the warm trainer", file=sys.stderr)
+            with contextlib.suppress(OSError):
+                conn.shutdown(socket.SHUT_RDWR)
+            return
 
 
 def _abort(conn: socket.socket, replies) -> bool:
@@ -214,14 +234,10 @@ def _abort(conn: socket.socket, replies) -> bool:
 
 
 def _kill_trainer(pool: Path, slot: int) -> None:
-    try:
-        rec = json.loads((pool / f"slot-{slot}.pid").read_text())
-    except (OSError, ValueError):
-        return
-    if start_ticks(rec["pid"]) == rec["start_ticks"]:
+    rec = procs.read_record(pool / f"slot-{slot}.pid")
+    if procs.alive(rec):
         print(f"bnpipe: the warm trainer {rec['pid']} did not answer the abort; killing it", file=sys.stderr)
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(rec["pid"], signal.SIGKILL)
+        procs.terminate(rec, grace=0, group=False)
 
 
 def _read_result(replies) -> dict:
@@ -333,7 +349,7 @@ def serve(pool: Path, slot: int, threads: int) -> int:
     srv.bind(_address(pool, slot))  # fails if another trainer holds the slot: then this one exits
     srv.listen(1)
     srv.settimeout(idle_seconds())
-    pid_file.write_text(json.dumps({"pid": os.getpid(), "start_ticks": start_ticks(os.getpid())}) + "\n")
+    procs.write_record(pid_file, procs.record(os.getpid()))
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     print(f"warm trainer pid {os.getpid()}: slot {slot}, {threads} TF thread(s), ready", flush=True)
     try:
@@ -361,11 +377,8 @@ def running(home: Path | None = None) -> list[dict]:
     """The live trainers under ``home``'s warm/ folder: ``{pid, pid_file}``."""
     out = []
     for pid_file in sorted(((home or settings.home()) / "warm").glob("*/slot-*.pid")):
-        try:
-            rec = json.loads(pid_file.read_text())
-        except (OSError, ValueError):
-            continue
-        if start_ticks(rec["pid"]) == rec["start_ticks"]:
+        rec = procs.read_record(pid_file)
+        if procs.alive(rec):
             out.append({"pid": rec["pid"], "pid_file": pid_file})
     return out
 
@@ -378,9 +391,9 @@ def stop_all(home: Path | None = None, grace: float = 10.0) -> int:
             os.kill(rec["pid"], signal.SIGTERM)
     deadline = time.monotonic() + grace
     for rec in live:
-        while start_ticks(rec["pid"]) is not None and time.monotonic() < deadline:
+        while procs.start_ticks(rec["pid"]) is not None and time.monotonic() < deadline:
             time.sleep(0.05)
-        if start_ticks(rec["pid"]) is not None:
+        if procs.start_ticks(rec["pid"]) is not None:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(rec["pid"], signal.SIGKILL)
         rec["pid_file"].unlink(missing_ok=True)

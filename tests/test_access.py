@@ -200,7 +200,7 @@ def _basic(user: str, password: str) -> dict:
 def auth_mlflow(tmp_path, monkeypatch):
     """``mlflow server --app-name basic-auth`` on 127.0.0.1 with the compose stack's auth settings,
     a SQLite store and auth DB in ``tmp_path``, and an admin written into a generated basic_auth.ini."""
-    from bnpipe.stack import HOST, free_port
+    from bnpipe.procs import HOST, free_port
 
     ini = configparser.ConfigParser()
     ini.read(AUTH_INI)

@@ -11,11 +11,14 @@ from __future__ import annotations
 
 import os
 import secrets
+import signal
 import socket
 import subprocess
 import sys
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import quote
 
 import pytest
 
@@ -27,6 +30,7 @@ DAG_ID = "bnpipe_experiment"
 CONF = {"dataset": "breast_cancer", "grid": "smoke", "epochs": 2}
 MODEL = "bnpipe-breast_cancer"
 CLAIM_KEY = "bnpipe:test-claim"
+HEARTBEAT_TIMEOUT = 30  # [scheduler] task_instance_heartbeat_timeout of the test stack, seconds
 
 
 def _reachable(host: str, port: int) -> bool:
@@ -89,9 +93,41 @@ def _check_celery_executor_imports(env: dict) -> None:
         )
 
 
+@dataclass
+class Topology:
+    """The running stack and what the tests need to find their way in it."""
+
+    stack: object  # bnpipe.stack.Stack
+    workers: list[str]
+    airflow_db: str
+    mlflow_db: str
+    redis_db: int
+    token: str
+    timings: dict = field(default_factory=dict)
+
+    def tis(self, run_id: str, task_id: str | None = None) -> list[dict]:
+        path = f"/dags/{DAG_ID}/dagRuns/{quote(run_id, safe='')}/taskInstances?limit=100"
+        tis = self.stack.api("GET", path)["task_instances"]
+        return [t for t in tis if task_id is None or t["task_id"] == task_id]
+
+    def mlflow(self):
+        from mlflow.tracking import MlflowClient
+
+        return MlflowClient(tracking_uri=self.stack.mlflow_url, registry_uri=self.stack.mlflow_url)
+
+    def worker_log(self, hostname: str, lines: int = 60) -> str:
+        return self.stack.log_tail(f"celery-worker-{hostname}", lines)
+
+    def diagnostics(self, run_id: str) -> str:
+        """What to read when a run did not end as expected: its task states, the scheduler's and workers' logs."""
+        tis = [(t["task_id"], t["map_index"], t["state"], t["try_number"], t["hostname"]) for t in self.tis(run_id)]
+        logs = "\n".join(f"--- {w}\n{self.worker_log(w, 30)}" for w in self.workers)
+        return f"{tis}\n--- scheduler\n{self.stack.log_tail('scheduler', 40)}\n{logs}"
+
+
 @pytest.fixture(scope="module")
-def celery_run(tmp_path_factory):
-    """One DAG run on the native Celery stack; yields what the assertions need, then tears it all down."""
+def topology(tmp_path_factory):
+    """The native Celery stack, once per module: the plain run and the fault tests share it; torn down at the end."""
     services = (("PostgreSQL", PG_HOST, PG_PORT), ("Redis", REDIS_HOST, REDIS_PORT))
     missing = [f"{what} at {h}:{p}" for what, h, p in services if not _reachable(h, p)]
     if missing:
@@ -103,20 +139,20 @@ def celery_run(tmp_path_factory):
     workers = [f"bnpipe-w1-{token}", f"bnpipe-w2-{token}"]
     root = tmp_path_factory.mktemp("celery-stack")
     admin = _pg()
-    created, stack, redis_db = [], None, None
-    timings: dict[str, float] = {}
+    created, stack, redis_n = [], None, None
     try:
         for db in (airflow_db, mlflow_db):
             with admin.cursor() as cur:
                 cur.execute(f'CREATE DATABASE "{db}"')
             created.append(db)
-        n, redis_db = _claim_redis_db(token)
+        redis_n, redis_conn = _claim_redis_db(token)
+        redis_conn.close()
         stack = Stack(
             root,
             executor="CeleryExecutor",
             sql_alchemy_conn=_pg_url(airflow_db),
             mlflow_backend_uri=_pg_url(mlflow_db),
-            celery_broker_url=f"redis://{REDIS_HOST}:{REDIS_PORT}/{n}",
+            celery_broker_url=f"redis://{REDIS_HOST}:{REDIS_PORT}/{redis_n}",
             celery_result_backend=_pg_url(airflow_db, "db+postgresql+psycopg2"),
             extra_env={
                 "BNPIPE_HOME": root / "bnpipe-home",
@@ -124,7 +160,13 @@ def celery_run(tmp_path_factory):
                 "BNPIPE_TRAIN_CONCURRENCY": 2,
                 "BNPIPE_TF_THREADS": 1,
                 "BNPIPE_SCHEDULE": "",  # manual runs only: unpausing starts nothing by itself
-                "BNPIPE_RETRIES": 0,
+                # one retry, soon: a task lost with its worker runs again on the other one
+                # (the plain run asserts that none of its tasks needed it)
+                "BNPIPE_RETRIES": 1,
+                "BNPIPE_RETRY_DELAY": 1,
+                # a task whose worker died stops heartbeating: failed (then retried) after 30 s, not 300 s
+                "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT": HEARTBEAT_TIMEOUT,
+                "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT_DETECTION_INTERVAL": 5,
                 "AIRFLOW__CORE__HOSTNAME_CALLABLE": "bnpipe.settings.hostname",
                 # Airflow derives an asyncpg URL for its async engine; the venv has no asyncpg (the official
                 # image does). Nothing this DAG uses needs the async engine, so switch it off.
@@ -133,6 +175,7 @@ def celery_run(tmp_path_factory):
             },
         )
         _check_celery_executor_imports(stack.env)
+        timings: dict[str, float] = {}
         t0 = time.monotonic()
         stack.start(components=("mlflow", "api-server", "scheduler", "dag-processor"), timeout=240, unpause=(DAG_ID,))
         pids = [stack.start_celery_worker(w, queues=("default", "train"), concurrency=1) for w in workers]
@@ -140,23 +183,7 @@ def celery_run(tmp_path_factory):
         for w in workers:
             _wait_worker_ready(stack, w)
         timings["start"] = time.monotonic() - t0
-        t1 = time.monotonic()
-        run_id = stack.trigger(DAG_ID, CONF)
-        state = stack.wait_for_run(DAG_ID, run_id, timeout=300)
-        timings["run"] = time.monotonic() - t1
-        tis = stack.api("GET", f"/dags/{DAG_ID}/dagRuns/{run_id}/taskInstances?limit=100")["task_instances"]
-        logs = {w: stack.log_tail(f"celery-worker-{w}", 60) for w in workers}
-        yield {
-            "stack": stack,
-            "state": state,
-            "run_id": run_id,
-            "tis": tis,
-            "workers": workers,
-            "mlflow_db": mlflow_db,
-            "timings": timings,
-            "logs": logs,
-            "scheduler_log": stack.log_tail("scheduler", 60),
-        }
+        yield Topology(stack, workers, airflow_db, mlflow_db, redis_n, token, timings)
     finally:
         started = []
         if stack is not None:
@@ -169,13 +196,36 @@ def celery_run(tmp_path_factory):
             cur.execute("SELECT datname FROM pg_database WHERE datname = ANY(%s)", (created,))
             left_dbs = cur.fetchall()
         admin.close()
-        if redis_db is not None:
-            redis_db.flushdb()
-            redis_db.close()
+        if redis_n is not None:
+            import redis
+
+            with redis.Redis(host=REDIS_HOST, port=REDIS_PORT, db=redis_n, socket_timeout=5) as r:
+                r.flushdb()
     # teardown is part of the contract: an error here fails the module
     alive = [rec["pid"] for rec in started if rec and Path(f"/proc/{rec['pid']}").exists()]
     assert not alive, f"processes of the test stack still running: {alive}"
     assert not left_dbs, f"databases left behind: {left_dbs}"
+
+
+@pytest.fixture(scope="module")
+def celery_run(topology):
+    """One plain DAG run on the stack (the smoke grid, 4 variants); yields what the assertions need."""
+    stack = topology.stack
+    t1 = time.monotonic()
+    run_id = stack.trigger(DAG_ID, CONF)
+    state = stack.wait_for_run(DAG_ID, run_id, timeout=300)
+    topology.timings["run"] = time.monotonic() - t1
+    return {
+        "stack": stack,
+        "state": state,
+        "run_id": run_id,
+        "tis": topology.tis(run_id),
+        "workers": topology.workers,
+        "mlflow_db": topology.mlflow_db,
+        "timings": topology.timings,
+        "logs": {w: topology.worker_log(w) for w in topology.workers},
+        "scheduler_log": stack.log_tail("scheduler", 60),
+    }
 
 
 def test_dag_run_succeeds_on_celery(celery_run):
@@ -192,6 +242,8 @@ def test_dag_run_succeeds_on_celery(celery_run):
         "close_runs",
     }
     assert all(t.get("executor") in (None, "CeleryExecutor") for t in tis)
+    # the stack allows one retry (for the fault tests below); this run needed none
+    assert [(t["task_id"], t["map_index"]) for t in tis if t["try_number"] != 1] == []
     print(
         f"\nnative Celery stack: start {celery_run['timings']['start']:.0f} s, run {celery_run['timings']['run']:.0f} s"
     )
@@ -238,3 +290,192 @@ def test_results_are_in_mlflow_on_postgresql(celery_run):
             assert [str(v) for (v,) in cur.fetchall()] == [champion.version]
     finally:
         conn.close()
+
+
+# ----------------------------------------------------------------------------- faults
+# Each fault test triggers its own small run on the same stack: two variants (one per worker), enough
+# epochs that the fault lands while they train. The lost-worker test kills a worker, so it comes last.
+FAULT_CONF = {
+    "dataset": "breast_cancer",
+    "grid": "custom",
+    "axes": {"preprocessing": ["standard", "bn_first"]},
+    "hidden": [16],
+    "epochs": 40,
+    "batch_size": 16,
+}
+REDIS_START = [
+    "redis-server", "--daemonize", "yes", "--bind", "127.0.0.1", "-::1", "--port", str(REDIS_PORT),
+    "--save", "", "--appendonly", "no", "--dir", "/var/lib/redis", "--logfile", "/var/log/redis/ci.log",
+]  # fmt: skip
+
+
+def _wait_until(check, timeout: float, what: str, diagnostics=lambda: ""):
+    """``check()``'s first truthy value, polled every 0.5 s; fails with ``what`` and the diagnostics."""
+    deadline = time.monotonic() + timeout
+    while True:
+        found = check()
+        if found:
+            return found
+        if time.monotonic() > deadline:
+            pytest.fail(f"no {what} after {timeout:.0f} s\n{diagnostics()}")
+        time.sleep(0.5)
+
+
+def _variant_runs(topology: Topology, run_id: str) -> list:
+    """Every variant run (deleted ones too) under the DAG run's parent run; [] before the parent exists."""
+    from mlflow.entities import ViewType
+
+    client = topology.mlflow()
+    exp = client.get_experiment_by_name("bnpipe")
+    if exp is None:
+        return []
+    parents = client.search_runs(
+        [exp.experiment_id], f"tags.`bnpipe.dag_run_id` = '{run_id}' and tags.`bnpipe.role` = 'parent'"
+    )
+    if not parents:
+        return []
+    flt = f"tags.`mlflow.parentRunId` = '{parents[0].info.run_id}'"
+    return client.search_runs([exp.experiment_id], flt, run_view_type=ViewType.ALL, max_results=1000)
+
+
+def _training(topology: Topology, run_id: str) -> tuple[dict, object] | None:
+    """A training task instance that runs now, with its attempt's MLflow run RUNNING in a trainer; else None."""
+    running = {(t["map_index"], t["try_number"]): t for t in topology.tis(run_id, "train") if t["state"] == "running"}
+    for r in _variant_runs(topology, run_id):
+        tags = r.data.tags
+        key = (int(tags.get("bnpipe.map_index", -2)), int(tags.get("bnpipe.try_number", 0)))
+        if r.info.status == "RUNNING" and "bnpipe.trainer" in tags and key in running:
+            return running[key], r
+    return None
+
+
+def _finish_or_clear(topology: Topology, run_id: str, timeout: float = 300) -> tuple[str, list]:
+    """The run's end state, and the tasks that failed on the way; a failed run is cleared once and awaited again."""
+    stack = topology.stack
+    state = stack.wait_for_run(DAG_ID, run_id, timeout=timeout)
+    if state == "success":
+        return state, []
+    failed = [(t["task_id"], t["map_index"], t["state"]) for t in topology.tis(run_id) if t["state"] != "success"]
+    body = {"dry_run": False, "dag_run_id": run_id, "only_failed": True, "reset_dag_runs": True}
+    stack.api("POST", f"/dags/{DAG_ID}/clearTaskInstances", body)
+    return stack.wait_for_run(DAG_ID, run_id, timeout=timeout), failed
+
+
+def _assert_clean_mlflow(topology: Topology, run_id: str, variants: int) -> None:
+    """One active FINISHED run per variant, a FINISHED parent, and no run left RUNNING anywhere."""
+    runs = _variant_runs(topology, run_id)
+    active = [r for r in runs if r.info.lifecycle_stage == "active"]
+    assert len(active) == variants and all(r.info.status == "FINISHED" for r in active), [
+        (r.data.tags.get("bnpipe.variant"), r.info.status) for r in active
+    ]
+    assert not [r.info.run_id for r in runs if r.info.status in ("RUNNING", "SCHEDULED")]
+    client = topology.mlflow()
+    parent = client.get_run(active[0].data.tags["mlflow.parentRunId"])
+    assert parent.info.status == "FINISHED", parent.data.tags.get("bnpipe.failure")
+
+
+def _redis_up() -> bool:
+    try:
+        return subprocess.run(["redis-cli", "-p", str(REDIS_PORT), "ping"], capture_output=True, text=True,
+                              timeout=5).stdout.strip() == "PONG"  # fmt: skip
+    except subprocess.TimeoutExpired:
+        return False
+
+
+def _ensure_redis() -> None:
+    if not _redis_up():
+        subprocess.run(REDIS_START, check=True, timeout=30)
+        _wait_until(_redis_up, 30, "answer from the restarted Redis")
+
+
+def test_redis_restart_mid_run(topology):
+    """The broker restarts (empty: Redis keeps nothing on disk) while both variants train; the run still ends well."""
+    import redis
+
+    stack = topology.stack
+    run_id = stack.trigger(DAG_ID, FAULT_CONF)
+    _wait_until(lambda: _training(topology, run_id), 240, "training task", lambda: topology.diagnostics(run_id))
+    try:
+        subprocess.run(["redis-cli", "-p", str(REDIS_PORT), "shutdown", "nosave"], capture_output=True, timeout=30)
+        _wait_until(lambda: not _reachable(REDIS_HOST, REDIS_PORT), 30, "Redis shutdown")
+    finally:
+        _ensure_redis()
+    with redis.Redis(host=REDIS_HOST, port=REDIS_PORT, db=topology.redis_db, socket_timeout=5) as r:
+        r.set(CLAIM_KEY, topology.token)  # the claim went with the data: take the DB number again
+    state, failed = _finish_or_clear(topology, run_id)
+    print(f"\nRedis restart: run {state}; tasks that failed first: {failed or 'none'}")
+    logs = {w: (stack.log_dir / f"celery-worker-{w}.log").read_text(errors="replace") for w in topology.workers}
+    deaf = [w for w, text in logs.items() if "Connection to broker lost" not in text]
+    assert not deaf, f"workers that never lost the broker (did the restart happen?): {deaf}"
+    assert state == "success", topology.diagnostics(run_id)
+    _assert_clean_mlflow(topology, run_id, variants=2)
+
+
+def test_postgres_connections_terminated_mid_run(topology):
+    """Every connection to the Airflow DB is cut while both variants train; the run still ends well."""
+    stack = topology.stack
+    run_id = stack.trigger(DAG_ID, FAULT_CONF)
+    _wait_until(lambda: _training(topology, run_id), 240, "training task", lambda: topology.diagnostics(run_id))
+    admin = _pg()
+    try:
+        with admin.cursor() as cur:
+            cur.execute(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE datname = %s "
+                "AND pid <> pg_backend_pid()",
+                (topology.airflow_db,),
+            )
+            cut = cur.fetchone()[0]
+    finally:
+        admin.close()
+    assert cut > 0  # the stack's components held connections: the fault really happened
+    state, failed = _finish_or_clear(topology, run_id)
+    print(f"\nPostgreSQL connections cut ({cut}): run {state}; tasks that failed first: {failed or 'none'}")
+    gone = [c for c in ("scheduler", "api-server", "dag-processor") if not stack.alive(c)]
+    assert not gone, f"components died with their DB connections: {gone}"
+    assert state == "success", topology.diagnostics(run_id)
+    _assert_clean_mlflow(topology, run_id, variants=2)
+
+
+def test_lost_worker_task_retried_on_the_other(topology):
+    """SIGKILL a worker (its process group) while it trains: the task runs again on the other worker, the
+    killed attempt's MLflow run ends KILLED or FAILED, none stays RUNNING, and no trainer keeps training."""
+    from bnpipe.procs import start_ticks
+
+    stack = topology.stack
+    run_id = stack.trigger(DAG_ID, FAULT_CONF)
+    ti, attempt = _wait_until(
+        lambda: _training(topology, run_id), 240, "training task", lambda: topology.diagnostics(run_id)
+    )
+    victim = ti["hostname"]
+    (survivor,) = set(topology.workers) - {victim}
+    rec = stack._record(f"celery-worker-{victim}")
+    task_runner = ti["pid"]
+    trainer_tag = attempt.data.tags["bnpipe.trainer"]
+    os.killpg(rec["pid"], signal.SIGKILL)  # the worker and its pool; the task runner has its own group
+    t_kill = time.monotonic()
+    runner_ticks = start_ticks(task_runner) if task_runner else None
+    client = topology.mlflow()
+
+    ended = _wait_until(
+        lambda: client.get_run(attempt.info.run_id).info.status != "RUNNING" and time.monotonic(),
+        HEARTBEAT_TIMEOUT + 120, "end of the killed attempt's MLflow run", lambda: topology.diagnostics(run_id),
+    )  # fmt: skip
+    state = stack.wait_for_run(DAG_ID, run_id, timeout=300)
+    runner_left = task_runner and start_ticks(task_runner) == runner_ticks and runner_ticks is not None
+    print(
+        f"\nlost worker {victim} (task runner pid {task_runner}, trainer '{trainer_tag}'): the attempt's run ended "
+        f"{ended - t_kill:.0f} s after the kill; run {state} {time.monotonic() - t_kill:.0f} s after it; "
+        f"task runner still alive: {bool(runner_left)}"
+    )
+    assert state == "success", topology.diagnostics(run_id)
+    (retried,) = [t for t in topology.tis(run_id, "train") if t["map_index"] == ti["map_index"]]
+    assert (retried["state"], retried["try_number"], retried["hostname"]) == ("success", 2, survivor)
+
+    # the trainer stopped mid-fit on its own (the task hung up), long before Airflow could retry the task
+    first = client.get_run(attempt.info.run_id)
+    epochs_logged = len(client.get_metric_history(first.info.run_id, "val_accuracy"))
+    assert first.info.status in ("KILLED", "FAILED"), first.info.status
+    assert ended - t_kill < HEARTBEAT_TIMEOUT and epochs_logged < FAULT_CONF["epochs"], (ended - t_kill, epochs_logged)
+    assert first.info.lifecycle_stage == "deleted"  # superseded by the retry's run
+    _assert_clean_mlflow(topology, run_id, variants=2)
+    assert not runner_left, f"the killed worker's task runner {task_runner} still runs"

@@ -17,7 +17,7 @@ from dataclasses import asdict
 import pytest
 
 from bnpipe import data, tracking, warm
-from bnpipe.stack import start_ticks
+from bnpipe.procs import start_ticks
 from bnpipe.train import TrainConfig
 from bnpipe.variants import Variant
 
