@@ -4,7 +4,7 @@
 with the same TensorFlow thread cap, ``reps`` interleaved repetitions of three arms on the same
 snapshot, variant, batch size and epochs:
 
-- ``trainer``: ``bnpipe.train.run_variant`` with MLflow logging and instrumentation on (it logs
+- ``trainer``: ``bnpipe.logged_training.train_and_log`` with MLflow logging and instrumentation on (it logs
   its own MLflow time, ``mlflow_seconds``, and the instrumentation's, ``instrument_seconds``);
 - ``trainer_noinst``: the same with ``TrainConfig(instrument=False)``;
 - ``plain``: ``model.fit`` on the same model with Keras' defaults (``compile`` with the same
@@ -76,15 +76,15 @@ def plain_fit(variant, snapshot: dict, epochs: int, batch_size: int) -> dict:
 
 
 def trainer_run(variant, snapshot: dict, cfg, client, tag: str) -> dict:
-    """One ``run_variant`` call (under a parent run of its own). Epoch periods come from the logged
+    """One ``train_and_log`` call (under a parent run of its own). Epoch periods come from the logged
     timestamps; MLflow's share and the instrumentation's own time are what the trainer logged
     (``mlflow_seconds``, ``instrument_seconds`` per epoch)."""
     from bnpipe import tracking
-    from bnpipe.train import run_variant
+    from bnpipe.logged_training import train_and_log
 
     run = tracking.start_dag_run({"benchmark": "trainer"}, "benchmarks", tag, "")
     t0 = time.perf_counter()
-    result = run_variant(snapshot, variant.to_dict(), cfg, run["experiment_id"], run["parent_run_id"])
+    result = train_and_log(snapshot, variant.to_dict(), cfg, run["experiment_id"], run["parent_run_id"])
     wall = time.perf_counter() - t0
     periods = epoch_periods(client, result["run_id"])
     inst = sorted(client.get_metric_history(result["run_id"], "instrument_seconds"), key=lambda m: m.step)[1:]
@@ -185,7 +185,7 @@ def one_task(cfg: dict) -> dict:
     from bnpipe import params as spec
     from bnpipe import warm
 
-    result = warm.run_variant(
+    result = warm.train_variant(
         cfg["snapshot"], cfg["variant"], spec.train_config(cfg["params"]),
         cfg["run"]["experiment_id"], cfg["run"]["parent_run_id"],
     )  # fmt: skip

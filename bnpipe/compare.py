@@ -8,8 +8,8 @@ training result (``bnpipe.train_key``), so retries and re-runs create no duplica
 The decision itself is ``bnpipe.champion.decide``; this module gathers its facts and acts on it.
 Only MLflow's RESOURCE_DOES_NOT_EXIST means "no such model"; any other registry error is retried
 with a logged backoff and, if it persists, fails the task (``RegistryUnavailable``) naming the
-call, before the alias moves. After moving the alias it is read back: if another process moved
-it meanwhile, the decision is taken again against the new holder.
+call, before the alias moves. The holder is read again just before the alias is set and read back
+after: if another process moved it meanwhile, the decision is taken again against the new holder.
 """
 
 from __future__ import annotations
@@ -318,31 +318,38 @@ def _register_version(client, name: str, winner: dict, snapshot: dict, metric: s
     return _wait_ready(client, version)
 
 
-def _settle(client, name: str, number: int, value: float, snapshot: dict, metric: str, decision, rounds: int = 3):
-    """Set the alias to ``number``, read it back and, if another process moved it meanwhile, decide again.
+def _settle(client, name: str, number: int, value: float, snapshot: dict, metric: str, decision, seen, rounds=3):
+    """Move the alias to ``number``, checking the holder just before each set and reading it back after.
 
-    Returns the final decision and the version holding the alias then.
+    ``decision`` was taken against holder ``seen`` (a version number or None) before the version
+    was registered, which takes seconds. Whenever the holder read is not the one the decision was
+    taken against, another process moved the alias meanwhile and the decision is taken again
+    against the new holder. Returns the final decision and the version holding the alias then.
     """
     higher = METRICS[metric]
-    for _ in range(rounds):
+    sets = 0
+    while True:
+        now, _ = _read_holder(client, name)
+        current = int(now.version) if now is not None else None
+        if current == number:
+            return decision, number
+        if current != seen:
+            holder = _holder(client, name, now, snapshot, metric) if now is not None else None
+            who = f"moved it to v{current}" if now is not None else "removed it"
+            again = champion.decide(number, value, holder, metric, higher)
+            if not again.moves:
+                return champion.Decision(False, f"another process {who} meanwhile; {again.reason}"), current
+            decision = champion.Decision(True, f"{again.reason} (decided again: another process {who} meanwhile)")
+        if sets == rounds:
+            raise RegistryUnavailable(
+                f"alias {ALIAS} of {name} kept moving away from v{number} ({rounds} times): another process is "
+                "setting it concurrently; run one registration at a time"
+            )
         _retrying(
             f"set alias {ALIAS} of {name} to v{number}",
             lambda: client.set_registered_model_alias(name, ALIAS, str(number)),
         )
-        now, _ = _read_holder(client, name)
-        if now is not None and int(now.version) == number:
-            return decision, number
-        holder = _holder(client, name, now, snapshot, metric) if now is not None else None
-        who = f"moved it to v{now.version}" if now is not None else "removed it"
-        again = champion.decide(number, value, holder, metric, higher)
-        if not again.moves:
-            reason = f"another process {who} while this one set it; {again.reason}"
-            return champion.Decision(False, reason), int(now.version)
-        decision = champion.Decision(True, f"{again.reason} (set again: another process {who} meanwhile)")
-    raise RegistryUnavailable(
-        f"alias {ALIAS} of {name} kept moving away from v{number} ({rounds} times): another process is "
-        "setting it concurrently; run one registration at a time"
-    )
+        sets, seen = sets + 1, number
 
 
 def register(client, ranked: list[dict], snapshot: dict, metric: str, link: str = "") -> dict:
@@ -379,7 +386,7 @@ def register(client, ranked: list[dict], snapshot: dict, metric: str, link: str 
         holds = holder.version if holder is not None else None
         if decision.moves:
             done = f"{name} v{number} registered; alias {ALIAS} set to it but not verified"
-            decision, holds = _settle(client, name, number, value, snapshot, metric, decision)
+            decision, holds = _settle(client, name, number, value, snapshot, metric, decision, holds)
         done = f"{name} v{number} registered; alias {ALIAS} {'holds it' if decision.moves else 'unchanged'}: "
         done += decision.reason
         card = model_card(snapshot, winner, runner_up, metric, decision.reason, link)
@@ -407,7 +414,7 @@ def log_table(client, parent_run_id: str, rows: list[dict], out_dir: str | Path)
     """Write the comparison as CSV and Markdown and log both to the parent run."""
     import pandas as pd
 
-    from bnpipe.report import markdown_table
+    from bnpipe.render import markdown_table
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

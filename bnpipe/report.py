@@ -5,24 +5,7 @@ from __future__ import annotations
 import json
 
 from bnpipe import claims, settings
-
-
-def _cell(v) -> str:
-    if v is None:
-        return ""
-    if isinstance(v, float):
-        return f"{v:.4f}" if abs(v) < 1000 else f"{v:.1f}"
-    return str(v)
-
-
-def markdown_table(rows: list[dict], columns: list[str] | None = None) -> str:
-    """A GitHub-flavoured Markdown table of ``rows`` (dicts sharing keys)."""
-    if not rows:
-        return "_no rows_"
-    cols = columns or list(rows[0])
-    lines = ["| " + " | ".join(cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
-    lines += ["| " + " | ".join(_cell(r.get(c)) for c in cols) + " |" for r in rows]
-    return "\n".join(lines)
+from bnpipe.render import markdown_table
 
 
 def summary_text(

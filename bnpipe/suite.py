@@ -217,7 +217,7 @@ def plot(result: dict, path: Path) -> Path:
 
 
 def write_readme(result: dict, out: Path, command: str) -> Path:
-    from bnpipe.report import markdown_table
+    from bnpipe.render import markdown_table
 
     def cell(c: dict | None) -> str:
         if not c or c.get("estimate") is None:

@@ -1,8 +1,8 @@
-"""Train: fit one variant on a stored snapshot and log it to its own nested MLflow run.
+"""Train: fit one variant on a stored snapshot; no Airflow, no MLflow.
 
-``run_variant`` is what one mapped Airflow task calls. It returns a small JSON-able result;
-the model itself goes to MLflow as a compact ``model.keras`` artifact. The full MLflow model
-is logged later, for the winner only (see ``bnpipe.compare``).
+``fit`` trains, with ``bnpipe.instrument``'s measurements and BN recalibration; ``evaluate``
+scores a split. ``bnpipe.logged_training`` wraps them in a nested MLflow run, and ``bnpipe.warm``
+runs that in a warm trainer process.
 """
 
 from __future__ import annotations
@@ -11,12 +11,10 @@ import hashlib
 import json
 import math
 import os
-import tempfile
 import time
-from dataclasses import asdict, dataclass
-from pathlib import Path
+from dataclasses import dataclass
 
-from bnpipe import data, settings, tracking
+from bnpipe import data, settings
 from bnpipe.variants import Variant
 
 MODEL_ARTIFACT = "model/model.keras"
@@ -48,7 +46,7 @@ def configure_threads(threads: int | None) -> int:
     return n
 
 
-def _release_tf_memory() -> None:
+def release_tf_memory() -> None:
     """Drop Keras' global graph state, so tasks sharing a process (dag.test) do not accumulate models."""
     import gc
 
@@ -67,7 +65,7 @@ def train_key(snapshot_digest: str, variant: Variant, cfg: TrainConfig) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-def _finite(x) -> bool:
+def finite(x) -> bool:
     return x is not None and math.isfinite(x)
 
 
@@ -76,7 +74,7 @@ def is_diverged(history: dict, model) -> bool:
     import numpy as np
 
     losses = history.get("loss", []) + history.get("val_loss", [])
-    if not history.get("loss") or any(not _finite(v) for v in losses):
+    if not history.get("loss") or any(not finite(v) for v in losses):
         return True
     return not all(np.isfinite(w).all() for w in model.get_weights())
 
@@ -148,7 +146,7 @@ def fit(variant: Variant, snapshot_path: str, cfg: TrainConfig, on_epoch=None, o
             row = {k: float(v) for k, v in (logs or {}).items()}
             row["epoch_seconds"] = seconds
             row["samples_per_second"] = len(y_tr) / seconds if seconds > 0 else 0.0
-            if not _finite(row.get("loss")):
+            if not finite(row.get("loss")):
                 self.model.stop_training = True
             if on_epoch:
                 on_epoch(epoch + 1, row)
@@ -191,85 +189,3 @@ def evaluate(model, snapshot_path: str, split: str = "test", batch_size: int = 1
     X, y = data.load_split(snapshot_path, split)
     loss, acc = model.evaluate(X.astype("float32"), y, batch_size=batch_size, verbose=0)
     return {f"{split}_loss": float(loss), f"{split}_accuracy": float(acc)}
-
-
-def run_variant(
-    snapshot: dict,
-    variant_dict: dict,
-    cfg: TrainConfig,
-    experiment_id: str,
-    parent_run_id: str,
-    map_index: int = -1,
-    try_number: int = 1,
-    stop=None,
-    trainer: str = "task",
-) -> dict:
-    """Train one variant in its own nested MLflow run. Returns ``{name, run_id, status, metrics}``.
-
-    ``stop``: see ``fit``; ``bnpipe.warm`` passes it, so a task that goes away stops its trainer.
-    ``trainer`` (tag ``bnpipe.trainer``) says which process trained: ``task`` or ``warm pid <n>``.
-    """
-    configure_threads(cfg.threads)
-    variant = Variant.from_dict(variant_dict)
-    t_connect = time.perf_counter()
-    client = tracking.connect()
-    client = tracking.Timed(client, time.perf_counter() - t_connect)  # -> metric mlflow_seconds
-    key = train_key(snapshot["digest"], variant, cfg)
-    run_id = tracking.start_variant_run(
-        client,
-        experiment_id,
-        parent_run_id,
-        variant.to_dict(),
-        map_index,
-        try_number,
-        {
-            tracking.TAG + "train_key": key,
-            tracking.TAG + "data_digest": snapshot["digest"],
-            tracking.TAG + "trainer": trainer,
-        },
-    )
-    try:
-        params = {k: v for k, v in variant.to_dict().items() if k != "name"}
-        tracking.log_params(client, run_id, {**params, **{f"train.{k}": v for k, v in asdict(cfg).items()}})
-        tracking.log_dataset(client, run_id, snapshot)
-        pending: list = []  # instrumentation rows ride along with the epoch's metrics: one request per epoch
-
-        def log_epoch(step: int, row: dict) -> None:
-            rows, pending[:] = [(row, step), *pending], []
-            tracking.log_metric_rows(client, run_id, rows)
-
-        t0 = time.perf_counter()
-        model, history, diverged, extra = fit(
-            variant, snapshot["path"], cfg, on_epoch=log_epoch, on_metrics=pending.extend, stop=stop
-        )
-        train_seconds = time.perf_counter() - t0
-        final = {k: vs[-1] for k, vs in history.items() if vs}  # already logged per epoch
-        summary = {"train_seconds": train_seconds, "epochs_run": len(history.get("loss", [])), **extra}
-        if variant.bn_recalibrate and "val_accuracy_recalibrated" in extra:  # the model as it was saved
-            final.update(val_accuracy=extra["val_accuracy_recalibrated"], val_loss=extra["val_loss_recalibrated"])
-            summary.update(val_accuracy=final["val_accuracy"], val_loss=final["val_loss"])
-        status = "diverged" if diverged else "ok"
-        if not diverged:
-            summary.update(evaluate(model, snapshot["path"], "test"))
-            with tempfile.TemporaryDirectory() as tmp:
-                path = Path(tmp) / "model.keras"
-                t_save = time.perf_counter()
-                model.save(path)
-                client.seconds += time.perf_counter() - t_save
-                client.log_artifact(run_id, str(path), artifact_path=str(Path(MODEL_ARTIFACT).parent))
-        # MLflow's share of this variant: every client call so far and the model file (not the last few requests)
-        summary["mlflow_seconds"] = client.seconds
-        summary = {k: v for k, v in summary.items() if _finite(v)}
-        tracking.log_metric_rows(client, run_id, [(summary, summary["epochs_run"]), *pending])
-        metrics = {k: v for k, v in {**final, **summary}.items() if _finite(v)}
-        client.set_tag(run_id, tracking.TAG + "status", status)
-        client.set_terminated(run_id, status="FINISHED")
-    except Aborted as exc:
-        client.set_terminated(run_id, status=exc.status)
-        raise
-    except BaseException:
-        client.set_terminated(run_id, status="FAILED")
-        raise
-    finally:
-        _release_tf_memory()
-    return {"name": variant.name, "run_id": run_id, "status": status, "metrics": metrics, "train_key": key}

@@ -11,7 +11,7 @@ Protocol (JSON lines on an abstract Unix socket, so deep ``BNPIPE_HOME`` paths n
 108-byte socket path limit; a trainer serves only processes of its own user, checked with
 ``SO_PEERCRED``):
 
-- task -> trainer: ``{"job": {...run_variant's arguments...}, "env": {BNPIPE_*, MLFLOW_*}}``;
+- task -> trainer: ``{"job": {...train_and_log's arguments...}, "env": {BNPIPE_*, MLFLOW_*}}``;
   later, optionally, ``{"abort": "FAILED"}`` when the task itself fails (e.g. its timeout);
 - trainer -> task: ``{"out": text}`` lines, then ``{"result": {...}}`` or ``{"error": ...}``.
 
@@ -99,9 +99,9 @@ def _send(conn: socket.socket, message: dict, lock: threading.Lock | None = None
 
 
 # ---------------------------------------------------------------- the task's side
-def run_variant(snapshot: dict, variant_dict: dict, cfg, experiment_id: str, parent_run_id: str,
-                map_index: int = -1, try_number: int = 1) -> dict:  # fmt: skip
-    """``bnpipe.train.run_variant`` in a warm trainer when one can be had, else in this process."""
+def train_variant(snapshot: dict, variant_dict: dict, cfg, experiment_id: str, parent_run_id: str,
+                  map_index: int = -1, try_number: int = 1) -> dict:  # fmt: skip
+    """``bnpipe.logged_training.train_and_log`` in a warm trainer when one can be had, else in this process."""
     from dataclasses import asdict
 
     args = {
@@ -114,9 +114,9 @@ def run_variant(snapshot: dict, variant_dict: dict, cfg, experiment_id: str, par
         if result is not None:
             return result
         print("bnpipe: no warm trainer slot was free; training in the task process", file=sys.stderr)
-    from bnpipe import train
+    from bnpipe import logged_training
 
-    return train.run_variant(**{**args, "cfg": cfg})
+    return logged_training.train_and_log(**{**args, "cfg": cfg})
 
 
 def _run_in_pool(args: dict, threads: int, slots: int) -> dict | None:
@@ -292,7 +292,7 @@ def _job_env(env: dict):
 
 
 def _handle(conn: socket.socket) -> None:
-    from bnpipe import train
+    from bnpipe import logged_training, train
 
     lock = threading.Lock()
     requests = conn.makefile("rb")
@@ -314,7 +314,9 @@ def _handle(conn: socket.socket) -> None:
     out = _Forward(conn, lock)
     try:
         with _job_env(msg.get("env", {})), contextlib.redirect_stdout(out), contextlib.redirect_stderr(out):
-            result = train.run_variant(**job, stop=lambda: stop.get("status"), trainer=f"warm pid {os.getpid()}")
+            result = logged_training.train_and_log(
+                **job, stop=lambda: stop.get("status"), trainer=f"warm pid {os.getpid()}"
+            )
         reply = {"result": result}
     except Exception as exc:  # noqa: BLE001 - every error goes back to the task, which fails with it
         reply = {"error": f"{type(exc).__name__}: {exc}", "traceback": traceback.format_exc()}

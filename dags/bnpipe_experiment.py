@@ -94,12 +94,12 @@ def bnpipe_experiment():
 
         TensorFlow is never imported at parse time: here only, or in the trainer process.
         """
-        from bnpipe.warm import run_variant
+        from bnpipe.warm import train_variant
 
         ctx = get_current_context()
         ctx["variant_name"] = variant["name"]
         ti = ctx["ti"]
-        return run_variant(
+        return train_variant(
             snapshot, variant, spec.train_config(p), run["experiment_id"], run["parent_run_id"],
             ti.map_index, ti.try_number,
         )  # fmt: skip

@@ -1,4 +1,4 @@
-"""Divergence handling through ``run_variant`` and the claims report rebuilt from an MLflow store alone."""
+"""Divergence handling through ``train_and_log`` and the claims report rebuilt from an MLflow store alone."""
 
 from __future__ import annotations
 
@@ -13,7 +13,8 @@ from bnpipe.variants import Variant
 
 
 def test_absurd_learning_rate_diverges_is_marked_and_left_out_of_the_ranking(home):
-    from bnpipe.train import TrainConfig, run_variant
+    from bnpipe.logged_training import train_and_log
+    from bnpipe.train import TrainConfig
 
     snapshot = data.ingest(data.IngestRequest(source="breast_cancer"))
     client = tracking.connect()
@@ -22,7 +23,7 @@ def test_absurd_learning_rate_diverges_is_marked_and_left_out_of_the_ranking(hom
     cfg = TrainConfig(epochs=3, batch_size=32, threads=1)
     bad = Variant(preprocessing="none", hidden_bn=False, hidden=(8,), learning_rate=1e30)
     good = Variant(preprocessing="standard", hidden_bn=False, hidden=(8,))
-    results = [run_variant(snapshot, v.to_dict(), cfg, exp, parent) for v in (bad, good)]
+    results = [train_and_log(snapshot, v.to_dict(), cfg, exp, parent) for v in (bad, good)]
 
     assert [r["status"] for r in results] == ["diverged", "ok"]
     assert all(math.isfinite(v) for v in results[0]["metrics"].values())  # no NaN leaks into the result
