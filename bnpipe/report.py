@@ -416,3 +416,42 @@ def _from_json(v: dict) -> dict:
               "p_holds_holm": c.get("p_adjusted"), "p_fails_holm": c.get("p_does_not_hold_adjusted"),
               "detectable": c.get("detectable_difference")} for c in v.get("comparisons", [])]  # fmt: skip
     return {**v, "comparisons": comps}
+
+
+# --- the README's findings: one table from the committed results' verdicts.json -----------------------
+
+FINDINGS = (  # committed result folders under docs/results/, in the order the README shows them
+    "init-activation", "dying-relu", "exploding", "overfit", "deep-sigmoid",
+    "tabular-scales/breast_cancer-5-epochs", "tabular-scales/breast_cancer-100-epochs",
+    "tabular-scales/wine-5-epochs", "tabular-scales/wine-100-epochs",
+)  # fmt: skip
+FINDINGS_LABELS = {
+    "1": "1 init/activation", "2": "2 dying ReLU", "3": "3 clipping", "4a": "4a overfitting", "4b": "4b speed",
+    "4c": "4c moving stats", "4d": "4d gradients", "4e": "4e replaces scaling", "R": "R recalibration",
+}  # fmt: skip
+
+
+def findings_table(results_dir, folders=FINDINGS, link_prefix: str = "docs/results/") -> str:
+    """A claim-by-result table of verdicts, read from each folder's ``verdicts.json`` (– : not tested).
+
+    The README embeds this table between ``<!-- findings -->`` markers; a test checks it is current.
+    """
+    from pathlib import Path
+
+    docs = {f: json.loads((Path(results_dir) / f / VERDICTS_FILE).read_text()) for f in folders}
+    rows = []
+    for claim, label in FINDINGS_LABELS.items():
+        row = {"claim": label}
+        for f in folders:
+            v = next(c for c in docs[f]["claims"] if c["claim"] == claim)
+            row[f"[{f.removeprefix('tabular-scales/')}]({link_prefix}{f}/)"] = (
+                "–" if v["verdict"] == claims.UNTESTED else v["verdict"]
+            )
+        rows.append(row)
+    return markdown_table(rows)
+
+
+if __name__ == "__main__":  # python -m bnpipe.report docs/results: print the README's findings table
+    import sys
+
+    print(findings_table(sys.argv[1] if len(sys.argv) > 1 else "docs/results"))

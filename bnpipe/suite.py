@@ -267,6 +267,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--summarize-only", action="store_true", help="rebuild README.md and the plot from the folders")
     args = ap.parse_args(argv)
     command = "python -m bnpipe.suite " + shlex.join(argv if argv is not None else sys.argv[1:])
+    args.out.mkdir(parents=True, exist_ok=True)
+    recorded = args.out / "command.txt"  # the command that ran the tables, kept when only re-summarizing
+    if args.summarize_only and recorded.exists():
+        command = recorded.read_text().strip()
+    else:
+        recorded.write_text(command + "\n")
     if not args.summarize_only:
         for table in TABLES:
             if args.only and table.name not in args.only:
