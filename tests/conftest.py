@@ -45,6 +45,47 @@ def run_cli(args: list[str], env_home: Path, timeout: int = 900, extra_env: dict
     return subprocess.run([BNPIPE, *args], env=env, capture_output=True, text=True, timeout=timeout, cwd=ROOT)
 
 
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that is free now."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def mlflow_server(tmp_path_factory):
+    """A real `mlflow server` on 127.0.0.1 with its own SQLite store and served artifacts; yields its port."""
+    import time
+    import urllib.request
+
+    root = tmp_path_factory.mktemp("mlflow-server")
+    port = free_port()
+    log = (root / "server.log").open("wb")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
+         "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}", "--serve-artifacts",
+         "--artifacts-destination", str(root / "artifacts"), "--workers", "1"],
+        stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+    )  # fmt: skip
+    deadline = time.monotonic() + 90
+    while True:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as resp:
+                if resp.status == 200:
+                    break
+        except OSError:
+            pass
+        if proc.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError(f"mlflow server did not start: {(root / 'server.log').read_text()[-2000:]}")
+        time.sleep(0.5)
+    yield port
+    os.killpg(proc.pid, 15)  # the session this fixture started: the server and its workers
+    proc.wait(timeout=30)
+    log.close()
+
+
 # The real stack (Airflow + MLflow servers), shared by test_stack_e2e.py and test_browser.py.
 from stack_fixtures import live_stack, stack_run  # noqa: E402, F401
 
