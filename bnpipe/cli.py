@@ -20,8 +20,7 @@ import os
 import sys
 from pathlib import Path
 
-from bnpipe import params as spec
-from bnpipe import procs, settings
+from bnpipe import params, procs, settings
 
 DAG_ID = "bnpipe_experiment"
 
@@ -162,7 +161,7 @@ def tracking_problem() -> str | None:
 
 def _conf_from_args(args) -> dict:
     conf = json.loads(args.conf) if args.conf else {}
-    for name in spec.SPEC:
+    for name in params.SPEC:
         value = getattr(args, name, None)
         if value is not None:
             conf[name] = value
@@ -317,7 +316,7 @@ def _watcher(conf: dict, run_id: str, out, verbose: bool):
             holder["client"] = tracking.connect(attempts=1)
         return progress.read_runs(holder["client"], settings.experiment_name(), run_id)
 
-    planned = [v["name"] for v in spec.variant_dicts(conf)]
+    planned = [v["name"] for v in params.variant_dicts(conf)]
     errors = (MlflowException, OSError, tracking.TrackingError)
     return progress.Watcher(read, view, planned, conf["epochs"], read_errors=errors)
 
@@ -375,8 +374,8 @@ def closing_summary(summary: dict, top: int = 5) -> str:
 
 def cmd_run(args) -> int:
     try:
-        conf = spec.validate(_conf_from_args(args))
-    except (spec.ParamError, json.JSONDecodeError) as exc:
+        conf = params.validate(_conf_from_args(args))
+    except (params.ParamError, json.JSONDecodeError) as exc:
         print(f"bnpipe run: {exc}", file=sys.stderr)
         return 2
     from datetime import UTC, datetime
@@ -534,7 +533,7 @@ def build_parser() -> argparse.ArgumentParser:
         )  # fmt: skip
 
     run = command("run", "run the experiment DAG once, in-process, and print the comparison")
-    for name, s in spec.SPEC.items():
+    for name, s in params.SPEC.items():
         flag = "--" + name.replace("_", "-")
         kind = s["type"] if isinstance(s["type"], str) else next(t for t in s["type"] if t != "null")
         help_ = f"{s['description']} (default: {s['default']!r})"

@@ -16,8 +16,7 @@ import json
 import time
 from pathlib import Path
 
-from bnpipe import params as spec
-from bnpipe import settings
+from bnpipe import params, settings
 
 KINDS = {".csv": "csv", ".parquet": "parquet"}
 SETTLE_SECONDS = 5.0
@@ -54,9 +53,9 @@ def run_conf(path: str) -> dict:
     sidecar = p.with_name(p.name + ".json")
     overrides = json.loads(sidecar.read_text()) if sidecar.exists() else {}
     if not isinstance(overrides, dict):
-        raise spec.ParamError(f'{sidecar} must hold a JSON object of Params, e.g. {{"label": "churned"}}')
+        raise params.ParamError(f'{sidecar} must hold a JSON object of Params, e.g. {{"label": "churned"}}')
     conf = {"dataset": KINDS[p.suffix.lower()], "data_path": str(p), "label": DEFAULT_LABEL, **overrides}
-    spec.validate(conf)
+    params.validate(conf)
     return conf
 
 
@@ -66,7 +65,7 @@ def plan(paths: list[str]) -> list[dict]:
     for path in paths:
         try:
             confs.append(run_conf(path))
-        except (spec.ParamError, json.JSONDecodeError) as exc:
+        except (params.ParamError, json.JSONDecodeError) as exc:
             mark_seen([path], reason=str(exc))
     return confs
 

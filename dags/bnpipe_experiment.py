@@ -17,8 +17,7 @@ from datetime import datetime, timedelta
 
 from airflow.sdk import Param, dag, get_current_context, task
 
-from bnpipe import params as spec
-from bnpipe import settings
+from bnpipe import params, settings
 
 DAG_ID = "bnpipe_experiment"
 
@@ -42,7 +41,7 @@ def _airflow_link() -> str:
         "retry_exponential_backoff": True,
         "execution_timeout": timedelta(minutes=30),
     },
-    params={name: Param(**s) for name, s in spec.SPEC.items()},
+    params={name: Param(**s) for name, s in params.SPEC.items()},
 )
 def bnpipe_experiment():
     @task(retries=0)
@@ -51,7 +50,7 @@ def bnpipe_experiment():
         from airflow.sdk.exceptions import AirflowFailException
 
         try:
-            return spec.validate(dict(get_current_context()["params"]))
+            return params.validate(dict(get_current_context()["params"]))
         except ValueError as exc:
             raise AirflowFailException(str(exc)) from exc
 
@@ -71,7 +70,7 @@ def bnpipe_experiment():
         from bnpipe import data, tracking
 
         try:
-            snapshot = data.ingest(spec.ingest_request(p))
+            snapshot = data.ingest(params.ingest_request(p))
         except data.DataError as exc:
             tracking.fail_parent(run["parent_run_id"], f"ingest rejected the data: {exc}")
             raise AirflowFailException(str(exc)) from exc
@@ -81,7 +80,7 @@ def bnpipe_experiment():
     @task(retries=0)
     def plan(p: dict) -> list[dict]:
         """Expand the chosen grid into one variant dict per mapped training task."""
-        return spec.variant_dicts(p)
+        return params.variant_dicts(p)
 
     @task(
         map_index_template="{{ variant_name }}",
@@ -100,7 +99,7 @@ def bnpipe_experiment():
         ctx["variant_name"] = variant["name"]
         ti = ctx["ti"]
         return train_variant(
-            snapshot, variant, spec.train_config(p), run["experiment_id"], run["parent_run_id"],
+            snapshot, variant, params.train_config(p), run["experiment_id"], run["parent_run_id"],
             ti.map_index, ti.try_number,
         )  # fmt: skip
 
@@ -112,12 +111,12 @@ def bnpipe_experiment():
         """
         from airflow.sdk.exceptions import AirflowFailException
 
-        from bnpipe import compare as cmp
         from bnpipe import report
+        from bnpipe.compare import NoHealthyVariant, conclude
 
         try:
-            summary = cmp.conclude(list(results), snapshot, run["parent_run_id"], p["metric"], _airflow_link())
-        except cmp.NoHealthyVariant as exc:
+            summary = conclude(list(results), snapshot, run["parent_run_id"], p["metric"], _airflow_link())
+        except NoHealthyVariant as exc:
             raise AirflowFailException(str(exc)) from exc
         summary["report"] = report.publish_claims_report(run["parent_run_id"])
         print(report.summary_text(summary))
