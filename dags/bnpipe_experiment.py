@@ -103,7 +103,7 @@ def bnpipe_experiment():
             ti.map_index, ti.try_number,
         )  # fmt: skip
 
-    @task(max_active_tis_per_dag=1)  # one registration at a time across DAG runs: no alias race
+    @task(max_active_tis_per_dag=1)  # one registration at a time in this deployment (others: compare re-reads)
     def compare(results: list[dict], snapshot: dict, run: dict, p: dict) -> dict:
         """Rank the variants, log the table, register the winner and move `champion` if it is better.
 
