@@ -85,23 +85,32 @@ class Timed:
         return timed
 
 
+# MLflow 3's UI opens an experiment by its kind; without it a training experiment opens on the
+# GenAI pages (traces, "Detect issues"). This value makes it open on the training runs.
+EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
+
+
 def ensure_experiment(client, name: str | None = None) -> str:
-    """The experiment's id; created with a project-local artifact root when the store is local."""
+    """The experiment's id, marked as a model-training experiment; created with a project-local
+    artifact root when the store is local."""
     name = name or settings.experiment_name()
     exp = client.get_experiment_by_name(name)
     if exp is not None:
         if exp.lifecycle_stage == "deleted":
             client.restore_experiment(exp.experiment_id)
+        if exp.tags.get(EXPERIMENT_KIND[0]) != EXPERIMENT_KIND[1]:
+            client.set_experiment_tag(exp.experiment_id, *EXPERIMENT_KIND)
         return exp.experiment_id
     uri = client.tracking_uri
     local_store = uri.startswith(("sqlite:", "file:", "/")) or "://" not in uri
+    root = settings.artifact_root() if local_store else None
     try:
-        return client.create_experiment(name, artifact_location=settings.artifact_root() if local_store else None)
+        return client.create_experiment(name, artifact_location=root, tags=dict([EXPERIMENT_KIND]))
     except Exception:  # created concurrently, or an answer lost: the error stands unless the experiment is there now
         exp = client.get_experiment_by_name(name)
         if exp is None:
             raise
-        return exp.experiment_id
+        return ensure_experiment(client, name)
 
 
 def _find_runs(client, experiment_id: str, tags: dict, include_deleted: bool = False) -> list:

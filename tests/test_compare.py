@@ -309,3 +309,15 @@ def test_an_alias_moved_concurrently_is_decided_again(store, fakes, theirs, move
     assert "another process moved it to v2" in out["reason"]
     assert _state(client, name) == (holder, 3)
     assert faulty.calls["set_registered_model_alias"] == (2 if moved else 1)
+
+
+def test_the_experiment_opens_on_its_training_runs_in_the_mlflow_ui(home):
+    """MLflow 3's UI shows an experiment without a kind as a GenAI one (traces); bnpipe marks its kind."""
+    from bnpipe import tracking
+
+    client = tracking.connect()
+    exp_id = tracking.ensure_experiment(client)
+    assert client.get_experiment(exp_id).tags["mlflow.experimentKind"] == "custom_model_development"
+    client.set_experiment_tag(exp_id, "mlflow.experimentKind", "genai_development")  # an older or edited one
+    assert tracking.ensure_experiment(client) == exp_id
+    assert client.get_experiment(exp_id).tags["mlflow.experimentKind"] == "custom_model_development"
