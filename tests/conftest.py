@@ -45,15 +45,6 @@ def run_cli(args: list[str], env_home: Path, timeout: int = 900, extra_env: dict
     return subprocess.run([BNPIPE, *args], env=env, capture_output=True, text=True, timeout=timeout, cwd=ROOT)
 
 
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that is free now."""
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def mlflow_server(tmp_path_factory):
     """A real `mlflow server` on 127.0.0.1 with its own SQLite store and served artifacts; yields its port."""
@@ -61,6 +52,8 @@ def mlflow_server(tmp_path_factory):
     import urllib.request
 
     root = tmp_path_factory.mktemp("mlflow-server")
+    from bnpipe.procs import free_port
+
     port = free_port()
     log = (root / "server.log").open("wb")
     proc = subprocess.Popen(

@@ -9,11 +9,6 @@ from __future__ import annotations
 
 import math
 import os
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
 
 import pytest
 from fault_proxy import Fault, FaultProxy
@@ -29,49 +24,14 @@ DOWNLOAD = ("GET", "/mlflow-artifacts/artifacts/")
 SET_ALIAS = ("POST", "/registered-models/alias")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    """A real `mlflow server` on 127.0.0.1 with its own SQLite store and served artifacts."""
-    root = tmp_path_factory.mktemp("mlflow-server")
-    port = _free_port()
-    log = (root / "server.log").open("wb")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
-         "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}", "--serve-artifacts",
-         "--artifacts-destination", str(root / "artifacts"), "--workers", "1"],
-        stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-    )  # fmt: skip
-    deadline = time.monotonic() + 90
-    while True:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as resp:
-                if resp.status == 200:
-                    break
-        except OSError:
-            pass
-        if proc.poll() is not None or time.monotonic() > deadline:
-            raise RuntimeError(f"mlflow server did not start: {(root / 'server.log').read_text()[-2000:]}")
-        time.sleep(0.5)
-    yield port
-    os.killpg(proc.pid, 15)  # the session this fixture started: the server and its workers
-    proc.wait(timeout=30)
-    log.close()
-
-
-@pytest.fixture(scope="module")
-def proxied(server):
+def proxied(mlflow_server):
     """(proxy, client through the proxy); MLflow's own retries off, a 2 s timeout."""
     from mlflow.tracking import MlflowClient
 
     saved = {k: os.environ.get(k) for k in ("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "MLFLOW_HTTP_REQUEST_TIMEOUT")}
     os.environ.update(MLFLOW_HTTP_REQUEST_MAX_RETRIES="0", MLFLOW_HTTP_REQUEST_TIMEOUT="2")
-    with FaultProxy(server) as proxy:
+    with FaultProxy(mlflow_server) as proxy:
         yield proxy, MlflowClient(tracking_uri=proxy.url, registry_uri=proxy.url)
     for k, v in saved.items():
         if v is None:
