@@ -28,6 +28,7 @@ TRAIN = ["run", "--dataset", "breast_cancer", "--grid", "smoke", "--epochs", "3"
 # Runs the scoring DAG once per conf through Airflow (dag.test), as `bnpipe run` does for training.
 RUN_SCORE_DAG = """
 import json, sys
+from bnpipe import procs
 from bnpipe.cli import run_dag
 out = []
 for conf in json.loads(sys.argv[1]):
@@ -194,15 +195,9 @@ def test_cli_score_on_parquet(trained, dag_runs):
     np.testing.assert_allclose(_proba(out, meta["classes"]), _proba(dag, meta["classes"]), atol=1e-6)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_server_and_dag_agree(trained, dag_runs):
     home, meta = trained["home"], trained["meta"]
-    port = _free_port()
+    port = procs.free_port()
     log = open(home.parent / "serve.log", "wb")  # closed below
     server = subprocess.Popen(
         [BNPIPE, "serve", "--dataset", "breast_cancer", "--port", str(port)],
