@@ -21,6 +21,8 @@ import pytest
 from conftest import BNPIPE, ROOT, cli_env, run_cli
 from test_dag_integrity import parsed  # noqa: F401 - the parsed DAG folder, shared fixture
 
+from bnpipe import procs
+
 pytestmark = pytest.mark.integration
 
 MODEL = "bnpipe-breast_cancer"
@@ -28,7 +30,6 @@ TRAIN = ["run", "--dataset", "breast_cancer", "--grid", "smoke", "--epochs", "3"
 # Runs the scoring DAG once per conf through Airflow (dag.test), as `bnpipe run` does for training.
 RUN_SCORE_DAG = """
 import json, sys
-from bnpipe import procs
 from bnpipe.cli import run_dag
 out = []
 for conf in json.loads(sys.argv[1]):
