@@ -584,7 +584,10 @@ def claim_r(rows):
                  f"bn_first m{m:g}")
         for m in sorted(_levels(rows, "bn_momentum", _is(preprocessing="bn_first")), reverse=True)
     ]  # fmt: skip
-    contrasts += _scaler_contrasts(rows, "val_accuracy_recalibrated", " recalibrated", True)
+    scalers = _scaler_contrasts(rows, "val_accuracy_recalibrated", " recalibrated", True)
+    if scalers and not any(c.headline for c in scalers):  # no standardization arm: the first scaler decides
+        scalers[0] = replace_headline(scalers[0])
+    contrasts += scalers
     rule = "headline" if any(c.headline for c in contrasts) else "all"
     return judge(
         "R",

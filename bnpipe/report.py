@@ -421,7 +421,7 @@ def _from_json(v: dict) -> dict:
 # --- the README's findings: one table from the committed results' verdicts.json -----------------------
 
 FINDINGS = (  # committed result folders under docs/results/, in the order the README shows them
-    "init-activation", "dying-relu", "exploding", "overfit", "deep-sigmoid",
+    "init-activation", "dying-relu", "exploding", "overfit", "deep-sigmoid", "textbook",
     "tabular-scales/breast_cancer-5-epochs", "tabular-scales/breast_cancer-100-epochs",
     "tabular-scales/wine-5-epochs", "tabular-scales/wine-100-epochs",
 )  # fmt: skip

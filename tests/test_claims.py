@@ -264,3 +264,17 @@ def test_step_0_gradients_count_for_runs_that_diverged_later():
     v = _by_claim(rows + naive)["1"]
     assert v["verdict"] == HOLDS and v["n"] == 4
     assert _by_claim(rows + naive)["4e"]["verdict"] == UNTESTED
+
+
+def test_without_a_standardization_arm_the_first_scaler_is_the_headline():
+    # textbook: BN-first (hidden BN on) on raw pixels against 1/255 scaling without BN
+    rescale = _runs(
+        {"preprocessing": "rescale", "hidden_bn": False},
+        {"val_accuracy": [0.80, 0.81, 0.82], "val_accuracy_recalibrated": [0.80, 0.81, 0.82]},
+    )
+    bn = _runs({"preprocessing": "bn_first", "hidden_bn": True},
+               {"val_accuracy": [0.83, 0.835, 0.84], "val_accuracy_recalibrated": [0.831, 0.836, 0.842]})  # fmt: skip
+    by = _by_claim(rescale + bn)
+    assert by["4e"]["headline"].startswith("BN-first (momentum 0.99) vs rescale (hidden BN differs too)")
+    assert by["R"]["rule"] == "headline" and "recalibrated vs rescale" in by["R"]["headline"]
+    assert by["R"]["verdict"] == HOLDS  # no gap to close: recalibrated BN-first is no worse than 1/255
