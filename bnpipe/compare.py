@@ -15,6 +15,7 @@ after: if another process moved it meanwhile, the decision is taken again agains
 from __future__ import annotations
 
 import math
+import os
 import sys
 import tempfile
 import time
@@ -195,10 +196,26 @@ def _log_full_model(client, winner: dict, snapshot: dict):
 def _signature_inputs(client, name: str, version: str) -> dict | None:
     """The registered version's raw inputs from its signature: ``{"columns": [...]}`` or ``{"shape": [...]}``."""
     import mlflow
+    from mlflow.tracking._model_registry import utils as registry_utils
 
+    # get_model_info reads MLflow's global URIs. Point them at this client's server for this call
+    # only: set_registry_uri would otherwise pin the registry (and MLFLOW_REGISTRY_URI) for the
+    # rest of the process, and a later set_tracking_uri (dag.test, a test session) would no longer
+    # move it. MLflow has no public "unset", so the registry's module state is put back as it was.
+    had_env = "MLFLOW_REGISTRY_URI" in os.environ  # process state to put back, not configuration
+    env_value = os.environ["MLFLOW_REGISTRY_URI"] if had_env else None
+    saved = mlflow.get_tracking_uri(), registry_utils._registry_uri, env_value
     mlflow.set_tracking_uri(client.tracking_uri)
     mlflow.set_registry_uri(client.tracking_uri)
-    signature = mlflow.models.get_model_info(f"models:/{name}/{version}").signature
+    try:
+        signature = mlflow.models.get_model_info(f"models:/{name}/{version}").signature
+    finally:
+        mlflow.set_tracking_uri(saved[0])
+        registry_utils._registry_uri = saved[1]
+        if not had_env:
+            os.environ.pop("MLFLOW_REGISTRY_URI", None)
+        else:
+            os.environ["MLFLOW_REGISTRY_URI"] = saved[2]
     if signature is None or signature.inputs is None:
         return None
     if signature.inputs.is_tensor_spec():

@@ -1,4 +1,5 @@
 import math
+import os
 
 import pytest
 
@@ -321,3 +322,23 @@ def test_the_experiment_opens_on_its_training_runs_in_the_mlflow_ui(home):
     client.set_experiment_tag(exp_id, "mlflow.experimentKind", "genai_development")  # an older or edited one
     assert tracking.ensure_experiment(client) == exp_id
     assert client.get_experiment(exp_id).tags["mlflow.experimentKind"] == "custom_model_development"
+
+
+def test_reading_a_signature_leaves_mlflows_global_uris_as_they_were(home, monkeypatch):
+    """compare reads signatures through MLflow's global URIs; a later set_tracking_uri must still move the registry."""
+    import mlflow
+    from mlflow.tracking._model_registry import utils as registry_utils
+
+    from bnpipe import compare, tracking
+
+    monkeypatch.delenv("MLFLOW_REGISTRY_URI", raising=False)
+    monkeypatch.setattr(registry_utils, "_registry_uri", None)
+    before = mlflow.get_tracking_uri()
+    client = tracking.connect()
+    client.create_registered_model("m")
+    from mlflow.exceptions import MlflowException
+
+    with pytest.raises(MlflowException):  # there is no version 1: the state afterwards is the point
+        compare._signature_inputs(client, "m", "1")
+    assert registry_utils._registry_uri is None and "MLFLOW_REGISTRY_URI" not in os.environ
+    assert mlflow.get_tracking_uri() == before
