@@ -134,8 +134,9 @@ def test_trigger_form_starts_a_run(logged_in, live_stack, stack_run):
     logged_in.get(f"{live_stack.airflow_url}/dags/{EXPERIMENT_DAG}")
     _click(logged_in, "//*[@data-testid='trigger-dag-button']", what="the Trigger button")
     epochs = _wait(logged_in, lambda d: d.find_elements(By.NAME, "element_epochs"), what="the epochs field")[0]
-    page = _text(logged_in)
-    assert "Training epochs per variant." in page and "Data source." in page  # Param descriptions
+    # the Param descriptions; the form renders them after the fields, so poll rather than read once
+    _wait(logged_in, lambda d: "Training epochs per variant." in _text(d) and "Data source." in _text(d),
+          what="the Params' descriptions in the trigger form")  # fmt: skip
     epochs.send_keys(Keys.CONTROL, "a")
     epochs.send_keys(str(CONF["epochs"] + 1))
     logged_in.save_screenshot(str(ARTIFACTS / "airflow-trigger-form.png"))
