@@ -167,6 +167,10 @@ def topology(tmp_path_factory):
                 # a task whose worker died stops heartbeating: failed (then retried) after 30 s, not 300 s
                 "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT": HEARTBEAT_TIMEOUT,
                 "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT_DETECTION_INTERVAL": 5,
+                # a task queued while Redis restarts loses its message (Redis keeps nothing): re-queue
+                # it after 60 s instead of the default 600 s (seen: a run stalled 10 min, then the next test's)
+                "AIRFLOW__SCHEDULER__TASK_QUEUED_TIMEOUT": 60,
+                "AIRFLOW__SCHEDULER__TASK_QUEUED_TIMEOUT_CHECK_INTERVAL": 5,
                 "AIRFLOW__CORE__HOSTNAME_CALLABLE": "bnpipe.settings.hostname",
                 # Airflow derives an asyncpg URL for its async engine; the venv has no asyncpg (the official
                 # image does). Nothing this DAG uses needs the async engine, so switch it off.
