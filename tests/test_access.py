@@ -15,7 +15,6 @@ import importlib.util
 import json
 import os
 import secrets
-import signal
 import subprocess
 import sys
 import time
@@ -200,6 +199,7 @@ def _basic(user: str, password: str) -> dict:
 def auth_mlflow(tmp_path, monkeypatch):
     """``mlflow server --app-name basic-auth`` on 127.0.0.1 with the compose stack's auth settings,
     a SQLite store and auth DB in ``tmp_path``, and an admin written into a generated basic_auth.ini."""
+    from bnpipe import procs
     from bnpipe.procs import HOST, free_port
 
     ini = configparser.ConfigParser()
@@ -240,12 +240,8 @@ def auth_mlflow(tmp_path, monkeypatch):
         yield SimpleNamespace(url=url, admin=admin)
     finally:
         if proc.poll() is None:  # the server's process group, which this fixture started
-            os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
+            procs.terminate(procs.record(proc.pid))
+            proc.wait()
         log.close()
 
 

@@ -7,8 +7,6 @@ scoring input is the snapshot's test split, raw, with a `patient_id` column as t
 from __future__ import annotations
 
 import json
-import os
-import signal
 import socket
 import subprocess
 import sys
@@ -218,12 +216,8 @@ def test_server_and_dag_agree(trained, dag_runs):
         req = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", body, {"Content-Type": "application/json"})
         served = pd.DataFrame(json.loads(urllib.request.urlopen(req, timeout=60).read())["predictions"])
     finally:
-        os.killpg(server.pid, signal.SIGTERM)  # the server and its uvicorn child: the group we started
-        try:
-            server.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(server.pid, signal.SIGKILL)
-            server.wait()
+        procs.terminate(procs.record(server.pid), grace=30)  # the server and its uvicorn child: our group
+        server.wait()
         log.close()
     dag = pd.read_csv(home.parent / "patients.predictions.csv")
     assert len(served) == len(dag)
