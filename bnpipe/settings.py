@@ -81,11 +81,6 @@ def get(name: str) -> str | None:
     return os.environ.get(name, VARIABLES[name].default)
 
 
-def is_set(name: str) -> bool:
-    """The environment gives the variable a non-empty value."""
-    return bool(os.environ.get(name))
-
-
 def home() -> Path:
     return Path(get("BNPIPE_HOME")).resolve()
 
