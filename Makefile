@@ -38,13 +38,13 @@ serve: venv
 # The real stack on 127.0.0.1: Airflow api-server, scheduler, dag-processor, triggerer and an MLflow
 # server, under $(BNPIPE_HOME)/stack (logs in its logs/). `make down` stops exactly those processes.
 up: setup
-	$(BIN)/python -m bnpipe.stack up $(if $(AIRFLOW_PORT),--airflow-port $(AIRFLOW_PORT)) $(if $(MLFLOW_PORT),--mlflow-port $(MLFLOW_PORT))
+	$(BIN)/python -m bnpipe.operations.stack up $(if $(AIRFLOW_PORT),--airflow-port $(AIRFLOW_PORT)) $(if $(MLFLOW_PORT),--mlflow-port $(MLFLOW_PORT))
 
 down:
-	$(BIN)/python -m bnpipe.stack down
+	$(BIN)/python -m bnpipe.operations.stack down
 
 status:
-	$(BIN)/python -m bnpipe.stack status
+	$(BIN)/python -m bnpipe.operations.stack status
 
 lint: venv
 	$(BIN)/ruff check bnpipe dags plugins tests benchmarks

@@ -1,6 +1,6 @@
 """Rows 4, 5 and 7: the grid end to end, in parallel, and the orchestration's own time.
 
-- Row 4: the experiment DAG under the real scheduler (a :class:`bnpipe.stack.Stack`,
+- Row 4: the experiment DAG under the real scheduler (a :class:`bnpipe.operations.stack.Stack`,
   LocalExecutor) against ``benchmarks.script_baseline`` in a fresh process, interleaved.
   The DAG's wall time runs from the trigger request to the run's ``end_date``.
 - Row 7: from each of those DAG runs, the wall time outside training: the run's wall time minus
@@ -43,8 +43,8 @@ def _union_seconds(intervals: list[tuple[float, float]]) -> float:
 
 def dag_run(stack, conf: dict, client) -> dict:
     """Trigger one experiment run, wait for it, and take its timings apart."""
-    from bnpipe import tracking
-    from bnpipe.stack import EXPERIMENT_DAG
+    from bnpipe.mlflow_edge import tracking
+    from bnpipe.operations.stack import EXPERIMENT_DAG
 
     t0 = time.time()
     run_id = stack.trigger(EXPERIMENT_DAG, conf)
@@ -108,7 +108,8 @@ def end_to_end(stack, conf: dict, snapshot: dict, variants: list[dict], reps: in
     Each repetition runs the DAG twice in a row: first with no warm trainer alive (as a scheduled
     run finds them after ``BNPIPE_WARM_IDLE``), then right after, with the trainers still warm.
     """
-    from bnpipe import tracking, warm
+    from bnpipe.mlflow_edge import tracking
+    from bnpipe.operations import warm
 
     client = tracking.connect(stack.mlflow_url)
     home = Path(stack.env["BNPIPE_HOME"])
@@ -150,7 +151,8 @@ def _pool(jobs: list[tuple[list[str], dict, Path]], concurrency: int) -> float:
 
 def parallel(stack, params: dict, snapshot: dict, variants: list[dict], levels: list[int], reps: int, tmp: Path):
     """Row 5: the grid's training tasks with 1, 2, ... N at once, interleaved over ``reps``."""
-    from bnpipe import tracking, warm
+    from bnpipe.mlflow_edge import tracking
+    from bnpipe.operations import warm
 
     out = {str(c): [] for c in levels}
     for rep in range(reps):

@@ -2,7 +2,7 @@
 
 ``probe`` imports what ingest needs and warms it up on 100 synthetic rows, resets the kernel's
 peak-RSS mark (``/proc/self/clear_refs``), records its resident set size as the baseline, runs one
-``bnpipe.data.ingest`` and reports the seconds and the new peak (VmHWM), so each number belongs to
+``bnpipe.core.data.ingest`` and reports the seconds and the new peak (VmHWM), so each number belongs to
 exactly one ingest. Where the reset is refused, the parent falls back to ``os.wait4``'s peak.
 """
 
@@ -41,7 +41,7 @@ def probe(request: dict, store: str) -> dict:
     import numpy  # noqa: F401 - part of the baseline, as in a task process
     import sklearn.model_selection  # noqa: F401
 
-    from bnpipe import data
+    from bnpipe.core import data
 
     with tempfile.TemporaryDirectory() as warm:  # lazy imports and BLAS buffers belong to the baseline
         data.ingest(data.IngestRequest(source="synthetic", rows=100), Path(warm))

@@ -240,9 +240,10 @@ def _command(argv: list[str]) -> str:
 
 def run(mode: str = "full", stack=None, out: Path | None = None, argv: list[str] | None = None, log=print) -> dict:
     """Run every row; returns ``{"rows": [...], "markdown": str, "raw": {...}}`` and writes ``out``."""
-    from bnpipe import data, settings
-    from bnpipe import params as spec
-    from bnpipe.stack import EXPERIMENT_DAG, Stack
+    from bnpipe.base import settings
+    from bnpipe.core import data
+    from bnpipe.operations import params as spec
+    from bnpipe.operations.stack import EXPERIMENT_DAG, Stack
 
     size = SIZES[mode]
     cores = os.cpu_count() or 1

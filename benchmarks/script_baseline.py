@@ -1,6 +1,6 @@
 """The script users would otherwise write: a sequential loop over the grid with ``mlflow.keras.autolog()``.
 
-Same snapshot, variants (built by ``bnpipe.model``, so the architecture is identical), epochs and
+Same snapshot, variants (built by ``bnpipe.core.model``, so the architecture is identical), epochs and
 batch size as the DAG; Keras' default ``compile``; autolog logs params, per-epoch metrics and a
 full MLflow model per variant. The best variant on ``val_accuracy`` is registered and gets the
 alias ``champion``, as the DAG's compare task does.
@@ -18,9 +18,9 @@ def run(cfg: dict) -> dict:
     import keras
     import mlflow
 
-    from bnpipe import data
-    from bnpipe import model as model_lib
-    from bnpipe.variants import Variant
+    from bnpipe.core import data
+    from bnpipe.core import model as model_lib
+    from bnpipe.core.variants import Variant
 
     snapshot = cfg["snapshot"]
     X_tr, y_tr = data.load_split(snapshot["path"], "train")

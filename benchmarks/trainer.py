@@ -4,7 +4,7 @@
 with the same TensorFlow thread cap, ``reps`` interleaved repetitions of three arms on the same
 snapshot, variant, batch size and epochs:
 
-- ``trainer``: ``bnpipe.logged_training.train_and_log`` with MLflow logging and instrumentation on (it logs
+- ``trainer``: ``bnpipe.mlflow_edge.logged_training.train_and_log`` with MLflow logging and instrumentation on (it logs
   its own MLflow time, ``mlflow_seconds``, and the instrumentation's, ``instrument_seconds``);
 - ``trainer_noinst``: the same with ``TrainConfig(instrument=False)``;
 - ``plain``: ``model.fit`` on the same model with Keras' defaults (``compile`` with the same
@@ -48,8 +48,8 @@ def plain_fit(variant, snapshot: dict, epochs: int, batch_size: int) -> dict:
     """What a user writes: build, compile with defaults, fit. Epoch ends are timed by a callback."""
     import keras
 
-    from bnpipe import data
-    from bnpipe import model as model_lib
+    from bnpipe.core import data
+    from bnpipe.core import model as model_lib
 
     X_tr, y_tr = data.load_split(snapshot["path"], "train")
     X_va, y_va = data.load_split(snapshot["path"], "val")
@@ -79,8 +79,8 @@ def trainer_run(variant, snapshot: dict, cfg, client, tag: str) -> dict:
     """One ``train_and_log`` call (under a parent run of its own). Epoch periods come from the logged
     timestamps; MLflow's share and the instrumentation's own time are what the trainer logged
     (``mlflow_seconds``, ``instrument_seconds`` per epoch)."""
-    from bnpipe import tracking
-    from bnpipe.logged_training import train_and_log
+    from bnpipe.mlflow_edge import tracking
+    from bnpipe.mlflow_edge.logged_training import train_and_log
 
     run = tracking.start_dag_run({"benchmark": "trainer"}, "benchmarks", tag, "")
     t0 = time.perf_counter()
@@ -101,7 +101,7 @@ def trainer_run(variant, snapshot: dict, cfg, client, tag: str) -> dict:
 
 def register_winner(client, result: dict, snapshot: dict, tag: str) -> dict:
     """``compare.register`` for ``result`` under a fresh model name; full-model logging timed apart."""
-    from bnpipe import compare
+    from bnpipe.mlflow_edge import compare
 
     spent = {"full_model": 0.0}
     inner = compare._log_full_model
@@ -125,14 +125,14 @@ def register_winner(client, result: dict, snapshot: dict, tag: str) -> dict:
 
 
 def compare_arms(cfg: dict) -> dict:
-    from bnpipe import train
-    from bnpipe.variants import Variant
+    from bnpipe.core import train
+    from bnpipe.core.variants import Variant
 
     threads = train.configure_threads(cfg["threads"])
     import keras
 
-    from bnpipe import model as model_lib
-    from bnpipe import tracking
+    from bnpipe.core import model as model_lib
+    from bnpipe.mlflow_edge import tracking
 
     snapshot = cfg["snapshot"]
     variant = Variant.from_dict(cfg["variant"])
@@ -179,11 +179,11 @@ def compare_arms(cfg: dict) -> dict:
 
 
 def one_task(cfg: dict) -> dict:
-    """One training task as the DAG's ``train`` runs it: through ``bnpipe.warm`` (a warm trainer
+    """One training task as the DAG's ``train`` runs it: through ``bnpipe.operations.warm`` (a warm trainer
     per slot, spawned by the first task of the slot); thread caps come from the environment."""
     t_start = time.perf_counter()
-    from bnpipe import params as spec
-    from bnpipe import warm
+    from bnpipe.operations import params as spec
+    from bnpipe.operations import warm
 
     result = warm.train_variant(
         cfg["snapshot"], cfg["variant"], spec.train_config(cfg["params"]),

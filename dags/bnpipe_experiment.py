@@ -17,7 +17,8 @@ from datetime import datetime, timedelta
 
 from airflow.sdk import Param, dag, get_current_context, task
 
-from bnpipe import params, settings
+from bnpipe.base import settings
+from bnpipe.operations import params
 
 DAG_ID = "bnpipe_experiment"
 
@@ -57,7 +58,7 @@ def bnpipe_experiment():
     @task
     def start_tracking(p: dict) -> dict:
         """Create the MLflow experiment and this DAG run's parent run, once, before the fan-out."""
-        from bnpipe import tracking
+        from bnpipe.mlflow_edge import tracking
 
         ctx = get_current_context()
         return tracking.start_dag_run(p, ctx["dag"].dag_id, ctx["run_id"], _airflow_link())
@@ -67,7 +68,8 @@ def bnpipe_experiment():
         """Read, validate, split and store the data set once per content digest. XCom: paths and digest."""
         from airflow.sdk.exceptions import AirflowFailException
 
-        from bnpipe import data, tracking
+        from bnpipe.core import data
+        from bnpipe.mlflow_edge import tracking
 
         try:
             snapshot = data.ingest(params.ingest_request(p))
@@ -89,11 +91,11 @@ def bnpipe_experiment():
         execution_timeout=timedelta(seconds=settings.train_timeout_seconds()),
     )
     def train(variant: dict, snapshot: dict, run: dict, p: dict) -> dict:
-        """Train one variant in its own nested MLflow run, in a warm trainer (bnpipe.warm) when one is free.
+        """Train one variant in its own nested MLflow run, in a warm trainer (bnpipe.operations.warm) when one is free.
 
         TensorFlow is never imported at parse time: here only, or in the trainer process.
         """
-        from bnpipe.warm import train_variant
+        from bnpipe.operations.warm import train_variant
 
         ctx = get_current_context()
         ctx["variant_name"] = variant["name"]
@@ -111,8 +113,8 @@ def bnpipe_experiment():
         """
         from airflow.sdk.exceptions import AirflowFailException
 
-        from bnpipe import report
-        from bnpipe.compare import NoHealthyVariant, conclude
+        from bnpipe.mlflow_edge.compare import NoHealthyVariant, conclude
+        from bnpipe.reporting import report
 
         try:
             summary = conclude(list(results), snapshot, run["parent_run_id"], p["metric"], _airflow_link())
@@ -126,7 +128,7 @@ def bnpipe_experiment():
     @task
     def close_runs(run: dict) -> dict:
         """Teardown: runs left RUNNING by killed or timed-out attempts end as KILLED; an unfinished parent as FAILED."""
-        from bnpipe import tracking
+        from bnpipe.mlflow_edge import tracking
 
         return tracking.close_dag_run(run["parent_run_id"])
 

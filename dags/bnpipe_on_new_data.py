@@ -35,7 +35,7 @@ def bnpipe_on_new_data():
     @task.sensor(poke_interval=60, timeout=timedelta(minutes=30), mode="reschedule", soft_fail=True)
     def wait_for_data() -> PokeReturnValue:
         """Done when the inbox holds data files not yet handed to the experiment; XCom: their paths."""
-        from bnpipe import inbox
+        from bnpipe.operations import inbox
 
         files = inbox.new_files()
         return PokeReturnValue(is_done=bool(files), xcom_value=files)
@@ -43,14 +43,14 @@ def bnpipe_on_new_data():
     @task(retries=0)
     def plan_runs(files: list[str]) -> list[dict]:
         """One experiment conf per file; a file with an invalid sidecar is set aside with the reason."""
-        from bnpipe import inbox
+        from bnpipe.operations import inbox
 
         return inbox.plan(files)
 
     @task(trigger_rule="none_failed_min_one_success")
     def mark_seen(files: list[str]) -> None:
         """Remember the handed-over files, so the next check does not start them again."""
-        from bnpipe import inbox
+        from bnpipe.operations import inbox
 
         inbox.mark_seen(files)
 

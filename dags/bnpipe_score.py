@@ -18,8 +18,8 @@ from datetime import datetime, timedelta
 
 from airflow.sdk import Param, dag, get_current_context, task
 
-from bnpipe import score as scoring
-from bnpipe import settings
+from bnpipe.base import settings
+from bnpipe.mlflow_edge import score as scoring
 
 DAG_ID = "bnpipe_score"
 
@@ -50,7 +50,7 @@ def bnpipe_score():
         """Check the file against the signature, score raw values, write predictions, log to MLflow."""
         from airflow.sdk.exceptions import AirflowFailException
 
-        from bnpipe.data import DataError
+        from bnpipe.core.data import DataError
 
         ctx = get_current_context()
         p = ctx["params"]

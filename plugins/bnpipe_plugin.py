@@ -35,7 +35,7 @@ PREFIX = "/bnpipe"
 
 # ------------------------------------------------------------------ MLflow lookups
 def _mlflow_ui() -> str:
-    from bnpipe import settings
+    from bnpipe.base import settings
 
     ui = settings.mlflow_ui_url()
     if not ui:
@@ -49,7 +49,8 @@ def _run_url(experiment_id: str, run_id: str) -> str:
 
 def _parent_run(dag_id: str, dag_run_id: str | None):
     """The DAG run's MLflow parent run (the latest parent of ``dag_id`` if no run id), or None."""
-    from bnpipe import settings, tracking
+    from bnpipe.base import settings
+    from bnpipe.mlflow_edge import tracking
 
     client = tracking.connect(attempts=2)
     exp = client.get_experiment_by_name(settings.experiment_name())
@@ -66,7 +67,7 @@ def _parent_run(dag_id: str, dag_run_id: str | None):
 
 def task_run_url(dag_id: str, dag_run_id: str, task_id: str, map_index: int) -> str | None:
     """MLflow UI URL of a task's run: the variant's nested run for ``train``, the parent otherwise."""
-    from bnpipe import tracking
+    from bnpipe.mlflow_edge import tracking
 
     client, parent = _parent_run(dag_id, dag_run_id)
     if parent is None:
@@ -88,7 +89,7 @@ class MlflowRunLink(BaseOperatorLink):
     def get_link(self, operator, *, ti_key) -> str:
         if ti_key.dag_id != EXPERIMENT_DAG or ti_key.task_id not in LINKED_TASKS:
             return ""  # the UI shows no button for an empty link
-        from bnpipe import settings
+        from bnpipe.base import settings
 
         query = urllib.parse.urlencode({
             "dag_id": ti_key.dag_id,
@@ -212,7 +213,7 @@ def _cell(v) -> str:
 
 
 def _results_page(dag_id: str, dag_run_id: str | None) -> str:
-    from bnpipe.report import load_summary
+    from bnpipe.reporting.report import load_summary
 
     e = html.escape
     client, parent = _parent_run(dag_id, dag_run_id)

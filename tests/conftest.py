@@ -52,7 +52,7 @@ def mlflow_server(tmp_path_factory):
     import urllib.request
 
     root = tmp_path_factory.mktemp("mlflow-server")
-    from bnpipe.procs import free_port
+    from bnpipe.base.procs import free_port
 
     port = free_port()
     log = (root / "server.log").open("wb")
@@ -84,14 +84,14 @@ from stack_fixtures import live_stack, stack_run  # noqa: E402, F401
 
 
 def _leftover_trainers(root: Path) -> list[int]:
-    """PIDs of warm trainers (bnpipe.warm) whose pool lies under ``root``: the ones this session started."""
+    """PIDs of warm trainers (bnpipe.operations.warm) whose pool lies under ``root``: the ones this session started."""
     found = []
     for proc in Path("/proc").glob("[0-9]*"):
         try:
             argv = (proc / "cmdline").read_bytes().split(b"\0")
         except OSError:
             continue
-        if b"bnpipe.warm" in argv and b"--pool" in argv:
+        if b"bnpipe.operations.warm" in argv and b"--pool" in argv:
             pool = argv[argv.index(b"--pool") + 1].decode()
             if Path(pool).is_relative_to(root):
                 found.append(int(proc.name))

@@ -14,7 +14,7 @@ import urllib.request
 
 import pytest
 
-from bnpipe.stack import EXPERIMENT_DAG, Stack
+from bnpipe.operations.stack import EXPERIMENT_DAG, Stack
 
 CONF = {"dataset": "breast_cancer", "grid": "smoke", "epochs": 2, "batch_size": 16}
 MODEL = "bnpipe-breast_cancer"

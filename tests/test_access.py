@@ -141,7 +141,7 @@ def test_results_page_through_a_real_api_server(tmp_path):
     """SimpleAuthManager: admin and viewer read the DAG's results; a user without a role gets 403."""
     from airflow.api_fastapi.auth.managers.base_auth_manager import COOKIE_NAME_JWT_TOKEN
 
-    from bnpipe.stack import Stack
+    from bnpipe.operations.stack import Stack
 
     stack = Stack(
         tmp_path / "stack",
@@ -199,8 +199,8 @@ def _basic(user: str, password: str) -> dict:
 def auth_mlflow(tmp_path, monkeypatch):
     """``mlflow server --app-name basic-auth`` on 127.0.0.1 with the compose stack's auth settings,
     a SQLite store and auth DB in ``tmp_path``, and an admin written into a generated basic_auth.ini."""
-    from bnpipe import procs
-    from bnpipe.procs import HOST, free_port
+    from bnpipe.base import procs
+    from bnpipe.base.procs import HOST, free_port
 
     ini = configparser.ConfigParser()
     ini.read(AUTH_INI)

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from stack_fixtures import CONF, parent_and_children
 
-from bnpipe.stack import EXPERIMENT_DAG
+from bnpipe.operations.stack import EXPERIMENT_DAG
 
 pytestmark = pytest.mark.integration
 

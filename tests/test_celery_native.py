@@ -97,7 +97,7 @@ def _check_celery_executor_imports(env: dict) -> None:
 class Topology:
     """The running stack and what the tests need to find their way in it."""
 
-    stack: object  # bnpipe.stack.Stack
+    stack: object  # bnpipe.operations.stack.Stack
     workers: list[str]
     airflow_db: str
     mlflow_db: str
@@ -132,7 +132,7 @@ def topology(tmp_path_factory):
     missing = [f"{what} at {h}:{p}" for what, h, p in services if not _reachable(h, p)]
     if missing:
         pytest.skip(f"the native Celery test needs {' and '.join(missing)}, which is not reachable")
-    from bnpipe.stack import Stack
+    from bnpipe.operations.stack import Stack
 
     token = f"{os.getpid()}_{secrets.token_hex(3)}"
     airflow_db, mlflow_db = f"bnpipe_t_airflow_{token}", f"bnpipe_t_mlflow_{token}"
@@ -171,7 +171,7 @@ def topology(tmp_path_factory):
                 # it after 60 s instead of the default 600 s (seen: a run stalled 10 min, then the next test's)
                 "AIRFLOW__SCHEDULER__TASK_QUEUED_TIMEOUT": 60,
                 "AIRFLOW__SCHEDULER__TASK_QUEUED_TIMEOUT_CHECK_INTERVAL": 5,
-                "AIRFLOW__CORE__HOSTNAME_CALLABLE": "bnpipe.settings.hostname",
+                "AIRFLOW__CORE__HOSTNAME_CALLABLE": "bnpipe.base.settings.hostname",
                 # Airflow derives an asyncpg URL for its async engine; the venv has no asyncpg (the official
                 # image does). Nothing this DAG uses needs the async engine, so switch it off.
                 "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN_ASYNC": "",
@@ -443,7 +443,7 @@ def test_postgres_connections_terminated_mid_run(topology):
 def test_lost_worker_task_retried_on_the_other(topology):
     """SIGKILL a worker (its process group) while it trains: the task runs again on the other worker, the
     killed attempt's MLflow run ends KILLED or FAILED, none stays RUNNING, and no trainer keeps training."""
-    from bnpipe.procs import start_ticks
+    from bnpipe.base.procs import start_ticks
 
     stack = topology.stack
     run_id = stack.trigger(DAG_ID, FAULT_CONF)

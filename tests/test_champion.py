@@ -2,7 +2,7 @@
 
 import pytest
 
-from bnpipe.champion import Decision, Holder, beats, decide, mismatch, recorded
+from bnpipe.mlflow_edge.champion import Decision, Holder, beats, decide, mismatch, recorded
 
 TAB = {"input_shape": [3], "feature_names": ["a", "b", "c"]}
 IMG = {"input_shape": [28, 28], "feature_names": [f"px{i}" for i in range(784)]}

@@ -5,9 +5,10 @@ import random
 
 import pytest
 
-from bnpipe import claims, compare
-from bnpipe.claims import FAILS, HOLDS, INCONCLUSIVE, UNTESTED
-from bnpipe.variants import Variant
+from bnpipe.core import claims
+from bnpipe.core.claims import FAILS, HOLDS, INCONCLUSIVE, UNTESTED
+from bnpipe.core.variants import Variant
+from bnpipe.mlflow_edge import compare
 
 
 def _runs(config: dict, values: dict[str, list], status: str = "ok", n_val: int = 1000) -> list[dict]:

@@ -3,7 +3,7 @@ import os
 
 import pytest
 
-from bnpipe import compare
+from bnpipe.mlflow_edge import compare
 
 
 def _r(name, acc, loss, status="ok"):
@@ -314,7 +314,7 @@ def test_an_alias_moved_concurrently_is_decided_again(store, fakes, theirs, move
 
 def test_the_experiment_opens_on_its_training_runs_in_the_mlflow_ui(home):
     """MLflow 3's UI shows an experiment without a kind as a GenAI one (traces); bnpipe marks its kind."""
-    from bnpipe import tracking
+    from bnpipe.mlflow_edge import tracking
 
     client = tracking.connect()
     exp_id = tracking.ensure_experiment(client)
@@ -329,7 +329,7 @@ def test_reading_a_signature_leaves_mlflows_global_uris_as_they_were(home, monke
     import mlflow
     from mlflow.tracking._model_registry import utils as registry_utils
 
-    from bnpipe import compare, tracking
+    from bnpipe.mlflow_edge import compare, tracking
 
     monkeypatch.delenv("MLFLOW_REGISTRY_URI", raising=False)
     monkeypatch.setattr(registry_utils, "_registry_uri", None)

@@ -337,7 +337,7 @@ def test_worker_consumes_the_train_queue_with_sized_concurrency(compose, env_exa
 
 def test_train_queue_defaults_to_airflows_default_queue(monkeypatch):
     """LocalExecutor runs are unaffected: without BNPIPE_TRAIN_QUEUE the train task keeps the default queue."""
-    from bnpipe import settings
+    from bnpipe.base import settings
 
     monkeypatch.delenv("BNPIPE_TRAIN_QUEUE", raising=False)
     assert settings.train_queue() == "default"

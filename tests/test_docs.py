@@ -9,7 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from bnpipe import params, report, settings
+from bnpipe.base import settings
+from bnpipe.operations import params
+from bnpipe.reporting import report
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "docs" / "results"
@@ -18,13 +20,13 @@ VERDICT_FILES = sorted(RESULTS.rglob("verdicts.json"))
 
 def test_configuration_doc_is_generated_from_settings():
     assert (ROOT / "docs" / "configuration.md").read_text() == settings.configuration_markdown(), (
-        "docs/configuration.md is stale: run `.venv/bin/python -m bnpipe.settings > docs/configuration.md`"
+        "docs/configuration.md is stale: run `.venv/bin/python -m bnpipe.base.settings > docs/configuration.md`"
     )
 
 
 def test_params_doc_is_generated_from_the_spec():
     assert (ROOT / "docs" / "params.md").read_text() == params.markdown(), (
-        "docs/params.md is stale: run `.venv/bin/python -m bnpipe.params > docs/params.md`"
+        "docs/params.md is stale: run `.venv/bin/python -m bnpipe.operations.params > docs/params.md`"
     )
 
 
@@ -51,7 +53,7 @@ def test_only_settings_reads_configuration_from_the_environment():
         lines = _env_reads(ast.parse(path.read_text()))
         if lines:
             found[str(path.relative_to(ROOT))] = lines
-    assert found == {}, f"read these through bnpipe.settings (one documented source): {found}"
+    assert found == {}, f"read these through bnpipe.base.settings (one documented source): {found}"
 
 
 def test_every_variable_the_code_names_is_documented():
@@ -94,5 +96,5 @@ def test_readme_findings_table_matches_the_committed_verdicts():
     block = re.search(r"<!-- findings -->\n(.*?)\n<!-- /findings -->", readme, re.S)
     assert block, "README.md lost its <!-- findings --> block"
     assert block.group(1).strip() == report.findings_table(RESULTS).strip(), (
-        "README findings are stale: paste the output of `.venv/bin/python -m bnpipe.report docs/results`"
+        "README findings are stale: paste the output of `.venv/bin/python -m bnpipe.reporting.report docs/results`"
     )

@@ -8,13 +8,14 @@ import math
 import pytest
 from conftest import run_cli
 
-from bnpipe import compare, data, tracking
-from bnpipe.variants import Variant
+from bnpipe.core import data
+from bnpipe.core.variants import Variant
+from bnpipe.mlflow_edge import compare, tracking
 
 
 def test_absurd_learning_rate_diverges_is_marked_and_left_out_of_the_ranking(home):
-    from bnpipe.logged_training import train_and_log
-    from bnpipe.train import TrainConfig
+    from bnpipe.core.train import TrainConfig
+    from bnpipe.mlflow_edge.logged_training import train_and_log
 
     snapshot = data.ingest(data.IngestRequest(source="breast_cancer"))
     client = tracking.connect()
@@ -48,7 +49,7 @@ def test_absurd_learning_rate_diverges_is_marked_and_left_out_of_the_ranking(hom
 
 
 def _fake_run(client, exp, parent, variant: Variant, val_acc: list[float], extra: dict, status: str = "ok"):
-    """A variant run as bnpipe.train logs it, without training: params, per-epoch history, final metrics."""
+    """A variant run as bnpipe.core.train logs it, without training: params, per-epoch history, final metrics."""
     run_id = tracking.start_variant_run(client, exp, parent, variant.to_dict(), 0, 1, {})
     tracking.log_params(client, run_id, {k: v for k, v in variant.to_dict().items() if k != "name"})
     for epoch, acc in enumerate(val_acc, 1):

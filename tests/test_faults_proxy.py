@@ -13,7 +13,7 @@ import os
 import pytest
 from fault_proxy import Fault, FaultProxy
 
-from bnpipe import compare
+from bnpipe.mlflow_edge import compare
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
 

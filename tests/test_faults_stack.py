@@ -14,7 +14,7 @@ import urllib.parse
 import pytest
 from stack_fixtures import mlflow_rest, tags_of
 
-from bnpipe.stack import EXPERIMENT_DAG
+from bnpipe.operations.stack import EXPERIMENT_DAG
 
 pytestmark = pytest.mark.integration
 

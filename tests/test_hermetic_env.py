@@ -12,9 +12,9 @@ import time
 import pytest
 from conftest import BNPIPE, ROOT, cli_env, run_cli
 
-from bnpipe import cli
+from bnpipe.operations import cli
 
-CHAMPION = "now holds 'champion'"  # the closing summary's winner line (bnpipe.report.summary_text)
+CHAMPION = "now holds 'champion'"  # the closing summary's winner line (bnpipe.reporting.report.summary_text)
 SMOKE = ["run", "--dataset", "wine", "--grid", "smoke", "--epochs", "1", "--seeds", "1"]
 
 

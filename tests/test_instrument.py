@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from bnpipe import instrument
+from bnpipe.core import instrument
 
 
 def _softmax(z):
@@ -125,8 +125,8 @@ def test_rms_gradient_divides_out_the_layer_size():
 def test_recalibration_sets_exact_statistics_layer_by_layer():
     import keras
 
-    from bnpipe import model as model_lib
-    from bnpipe.variants import Variant
+    from bnpipe.core import model as model_lib
+    from bnpipe.core.variants import Variant
 
     rng = np.random.default_rng(0)
     X = (rng.standard_normal((500, 3)) * [1.0, 100.0, 0.01] + [5.0, -300.0, 0.0]).astype("float32")

@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
-from bnpipe import model
-from bnpipe.variants import Variant
+from bnpipe.core import model
+from bnpipe.core.variants import Variant
 
 
 @pytest.fixture(scope="module")

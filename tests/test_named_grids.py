@@ -2,7 +2,8 @@
 
 import pytest
 
-from bnpipe import model, params, variants
+from bnpipe.core import model, variants
+from bnpipe.operations import params
 
 
 def test_grid_settings_fill_only_what_the_run_leaves_out():

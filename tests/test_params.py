@@ -1,6 +1,6 @@
 import pytest
 
-from bnpipe import params
+from bnpipe.operations import params
 
 
 def test_defaults_validate():

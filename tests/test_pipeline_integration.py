@@ -88,7 +88,7 @@ def test_registered_champion_takes_raw_inputs(first_run):
     import mlflow
     import pandas as pd
 
-    from bnpipe import data
+    from bnpipe.core import data
 
     c = _client(home)
     champ = summary["champion"]
@@ -148,7 +148,7 @@ def test_claims_report_logged_to_parent_and_variants_instrumented(first_run):
 
 def test_variants_trained_in_warm_trainers_that_end_with_the_run(first_run):
     """Each slot's trainer imports TensorFlow once and trains several variants; `bnpipe run` stops them."""
-    from bnpipe import warm
+    from bnpipe.operations import warm
 
     home, summary, _ = first_run
     c = _client(home)

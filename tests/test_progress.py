@@ -11,8 +11,8 @@ import re
 import pytest
 from conftest import run_cli
 
-from bnpipe import progress
-from bnpipe.progress import DIVERGED, DONE, FAILED, QUEUED, TRAINING
+from bnpipe.reporting import progress
+from bnpipe.reporting.progress import DIVERGED, DONE, FAILED, QUEUED, TRAINING
 
 PLANNED = ["a-s0", "b-s0", "c-s0"]
 
@@ -115,7 +115,8 @@ def test_live_view_fits_many_variants_in_a_small_terminal():
 def test_verdict_text_rebuilds_the_sentences_from_verdicts_json():
     """The closing summary reads report/verdicts.json: its sentences match the ones claims.evaluate gives."""
 
-    from bnpipe import claims, report
+    from bnpipe.core import claims
+    from bnpipe.reporting import report
 
     rows = []
     for seed in range(4):

@@ -9,7 +9,7 @@ import time
 import pytest
 from conftest import run_cli
 
-from bnpipe import tracking
+from bnpipe.mlflow_edge import tracking
 
 FAST_FAIL = {"BNPIPE_RETRIES": "0"}
 

@@ -19,7 +19,7 @@ import pytest
 from conftest import BNPIPE, ROOT, cli_env, run_cli
 from test_dag_integrity import parsed  # noqa: F401 - the parsed DAG folder, shared fixture
 
-from bnpipe import procs
+from bnpipe.base import procs
 
 pytestmark = pytest.mark.integration
 
@@ -28,7 +28,7 @@ TRAIN = ["run", "--dataset", "breast_cancer", "--grid", "smoke", "--epochs", "3"
 # Runs the scoring DAG once per conf through Airflow (dag.test), as `bnpipe run` does for training.
 RUN_SCORE_DAG = """
 import json, sys
-from bnpipe.cli import run_dag
+from bnpipe.operations.cli import run_dag
 out = []
 for conf in json.loads(sys.argv[1]):
     dr = run_dag(conf, dag_id="bnpipe_score")
@@ -41,7 +41,7 @@ print("RESULT" + json.dumps(out))
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """A home with a breast_cancer champion, the training summary and a raw scoring file next to it."""
-    from bnpipe import data
+    from bnpipe.core import data
 
     home = tmp_path_factory.mktemp("scoring") / "home"
     home.mkdir()
@@ -132,8 +132,8 @@ def test_no_scaler_outside_the_model(trained, dag_runs):
     """The DAG fed raw values: the Keras model on the raw values gives the same probabilities."""
     import keras
 
-    from bnpipe import data
-    from bnpipe.train import MODEL_ARTIFACT
+    from bnpipe.core import data
+    from bnpipe.core.train import MODEL_ARTIFACT
 
     home, meta = trained["home"], trained["meta"]
     c = _client(home)
@@ -153,7 +153,7 @@ def test_signature_mismatch_names_missing_and_extra_columns(trained, dag_runs, m
     assert "missing columns ['mean radius'], extra columns ['colour']" in dag_runs["log"]
     assert not (trained["home"].parent / "wrong_columns.predictions.csv").exists()
 
-    from bnpipe import score
+    from bnpipe.mlflow_edge import score
 
     for k, v in cli_env(trained["home"]).items():
         if k.startswith(("BNPIPE_", "MLFLOW_")):
@@ -250,7 +250,7 @@ def test_model_card_on_the_version(trained):
 
 
 def test_model_card_shows_the_seed_interval():
-    from bnpipe.compare import model_card
+    from bnpipe.mlflow_edge.compare import model_card
 
     snapshot = {"dataset": "wine", "digest": "abc123", "n_train": 10, "n_val": 5, "n_test": 5}
     winner = {
@@ -275,7 +275,7 @@ def test_scoring_dag_shape(parsed):  # noqa: F811 - the fixture imported above
 def test_model_features_orders_columns_and_reshapes_images():
     from mlflow.types import ColSpec, Schema, TensorSpec
 
-    from bnpipe import score
+    from bnpipe.mlflow_edge import score
 
     table = Schema([ColSpec("double", "a"), ColSpec("double", "b")])
     frame = pd.DataFrame({"id": [7, 8], "b": [2, 4], "a": [1.5, 3.5]})

@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 from stack_fixtures import MODEL, mlflow_rest, parent_and_children, tags_of
 
-from bnpipe.stack import COMPONENTS, EXPERIMENT_DAG, INBOX_DAG, StackError, _http
+from bnpipe.operations.stack import COMPONENTS, EXPERIMENT_DAG, INBOX_DAG, StackError, _http
 
 pytestmark = pytest.mark.integration
 

@@ -1,7 +1,7 @@
 import pytest
 
-from bnpipe import variants
-from bnpipe.variants import Variant, VariantError
+from bnpipe.core import variants
+from bnpipe.core.variants import Variant, VariantError
 
 
 def test_name_is_readable_and_matches_issue_example():

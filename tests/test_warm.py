@@ -1,6 +1,6 @@
-"""Warm trainers (bnpipe.warm): reused across tasks, stopped by a task that goes away, never left behind.
+"""Warm trainers (bnpipe.operations.warm): reused across tasks, stopped by a task that goes away, never left behind.
 
-Each test drives ``bnpipe.warm`` as a training task does, with a real trainer process, a real
+Each test drives ``bnpipe.operations.warm`` as a training task does, with a real trainer process, a real
 snapshot and a real MLflow store; the tasks that must die are subprocesses of the test.
 """
 
@@ -16,10 +16,12 @@ from dataclasses import asdict
 
 import pytest
 
-from bnpipe import data, tracking, warm
-from bnpipe.procs import start_ticks
-from bnpipe.train import TrainConfig
-from bnpipe.variants import Variant
+from bnpipe.base.procs import start_ticks
+from bnpipe.core import data
+from bnpipe.core.train import TrainConfig
+from bnpipe.core.variants import Variant
+from bnpipe.mlflow_edge import tracking
+from bnpipe.operations import warm
 
 pytestmark = pytest.mark.integration
 
@@ -82,7 +84,7 @@ def test_errors_come_back_to_the_task(setup):
 
 TASK = """
 import json, signal, sys
-from bnpipe import warm
+from bnpipe.operations import warm
 args = json.loads(sys.argv[1])
 class TaskTimeout(BaseException):  # like Airflow's execution_timeout: raised in the waiting task
     pass

@@ -1,7 +1,7 @@
 """The real stack on one machine: Airflow's api-server, scheduler, dag-processor and triggerer,
 and an MLflow tracking server, each a process of its own on 127.0.0.1.
 
-``python -m bnpipe.stack up`` (``make up``) starts it under ``$BNPIPE_HOME/stack`` and prints the
+``python -m bnpipe.operations.stack up`` (``make up``) starts it under ``$BNPIPE_HOME/stack`` and prints the
 URLs and the login; ``down`` (``make down``) stops exactly the processes it recorded; ``status``
 shows what runs. Tests and benchmarks use :class:`Stack` directly, with their own root and ports.
 
@@ -30,8 +30,8 @@ import urllib.parse
 import urllib.request
 from pathlib import Path
 
-from bnpipe import procs, settings
-from bnpipe.procs import HOST, free_port, port_is_free
+from bnpipe.base import procs, settings
+from bnpipe.base.procs import HOST, free_port, port_is_free
 
 COMPONENTS = ("mlflow", "api-server", "scheduler", "dag-processor", "triggerer")
 EXPERIMENT_DAG = "bnpipe_experiment"
@@ -47,12 +47,6 @@ class StackError(RuntimeError):
     def __init__(self, message: str, status: int | None = None, body: object = None):
         super().__init__(message)
         self.status, self.body = status, body
-
-
-def _repo_dir(name: str) -> Path:
-    """``dags/`` or ``plugins/`` next to this package (editable install), else in the cwd."""
-    here = Path(__file__).resolve().parents[1] / name
-    return here if here.is_dir() else Path.cwd() / name
 
 
 def _http(method: str, url: str, body: dict | None = None, headers: dict | None = None, timeout: float = 30):
@@ -125,8 +119,8 @@ class Stack:
             "no_proxy": ",".join(filter(None, [inherited.get("no_proxy"), HOST, "localhost"])),
             "BNPIPE_HOME": inherited.get("BNPIPE_HOME") or str(settings.home()),
             "AIRFLOW_HOME": str(self.airflow_home),
-            "AIRFLOW__CORE__DAGS_FOLDER": str(_repo_dir("dags")),
-            "AIRFLOW__CORE__PLUGINS_FOLDER": str(_repo_dir("plugins")),
+            "AIRFLOW__CORE__DAGS_FOLDER": str(settings.repo_dir("dags")),
+            "AIRFLOW__CORE__PLUGINS_FOLDER": str(settings.repo_dir("plugins")),
             "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
             "AIRFLOW__CORE__EXECUTOR": executor,
             "AIRFLOW__CORE__PARALLELISM": str(max(4, 2 * (os.cpu_count() or 2))),
@@ -267,7 +261,7 @@ class Stack:
         """Start an ``airflow celery worker`` (the stack must use CeleryExecutor); returns its PID.
 
         The worker's environment has ``BNPIPE_HOSTNAME=hostname``: with ``[core] hostname_callable =
-        bnpipe.settings.hostname`` its task instances record that name, so workers on one host differ.
+        bnpipe.base.settings.hostname`` its task instances record that name, so workers on one host differ.
         """
         cmd = [
             sys.executable, "-m", "airflow", "celery", "worker", "--celery-hostname", hostname,
@@ -317,8 +311,8 @@ class Stack:
 
     def stop(self) -> None:
         """Stop the process groups recorded under ``run/``, newest first, then the training tasks'
-        warm trainers (``bnpipe.warm``) under this stack's BNPIPE_HOME. Idempotent."""
-        from bnpipe import warm
+        warm trainers (``bnpipe.operations.warm``) under this stack's BNPIPE_HOME. Idempotent."""
+        from bnpipe.operations import warm
 
         order = list(reversed(COMPONENTS))
         names = sorted(self.recorded(), key=lambda n: order.index(n) if n in order else -1)
@@ -397,7 +391,7 @@ class Stack:
             f"Airflow UI   {self.airflow_url}   login: {self.username} / {self.password}",
             f"MLflow UI    {self.mlflow_url}",
             f"Logs         {self.log_dir}",
-            f"Stop with    make down   (or: {Path(sys.executable).name} -m bnpipe.stack down)",
+            f"Stop with    make down   (or: {Path(sys.executable).name} -m bnpipe.operations.stack down)",
         ])  # fmt: skip
 
 
@@ -426,7 +420,7 @@ def _cli_stack(args) -> Stack:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bnpipe.stack", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m bnpipe.operations.stack", description=__doc__.splitlines()[0])
     parser.add_argument("command", choices=["up", "down", "status"])
     parser.add_argument("--root", help="state directory (default: $BNPIPE_HOME/stack)")
     parser.add_argument("--airflow-port", type=int, help="default: 8080 if free, else a free port")

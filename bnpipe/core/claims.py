@@ -379,7 +379,7 @@ def acc_margin(rows: list[dict], size_key: str = "n_val") -> float:
 
 def with_derived(rows: list[dict]) -> list[dict]:
     """Rows plus the metrics the claims read that are computed from logged ones."""
-    from bnpipe.variants import Variant
+    from bnpipe.core.variants import Variant
 
     defaults = {f: getattr(Variant, f) for f in BN_FIELDS}
     out = []

@@ -5,7 +5,7 @@ champion was trained on the same snapshot digest its recorded metric is used, ot
 champion is re-scored on this snapshot's validation split. A version is registered once per
 training result (``bnpipe.train_key``), so retries and re-runs create no duplicates.
 
-The decision itself is ``bnpipe.champion.decide``; this module gathers its facts and acts on it.
+The decision itself is ``bnpipe.mlflow_edge.champion.decide``; this module gathers its facts and acts on it.
 Only MLflow's RESOURCE_DOES_NOT_EXIST means "no such model"; any other registry error is retried
 with a logged backoff and, if it persists, fails the task (``RegistryUnavailable``) naming the
 call, before the alias moves. The holder is read again just before the alias is set and read back
@@ -21,8 +21,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from bnpipe import champion, tracking
-from bnpipe.champion import ALIAS
+from bnpipe.mlflow_edge import champion, tracking
+from bnpipe.mlflow_edge.champion import ALIAS
 
 # metric -> True when higher is better
 METRICS = {"val_accuracy": True, "val_loss": False, "test_accuracy": True, "test_loss": False}
@@ -38,7 +38,7 @@ def rank(results: list[dict], metric: str = "val_accuracy") -> list[dict]:
     With several seeds per configuration, configurations are ordered by their *mean* over
     seeds first (so one lucky seed cannot win), then the runs within a configuration.
     """
-    from bnpipe.variants import config_name
+    from bnpipe.core.variants import config_name
 
     if metric not in METRICS:
         raise ValueError(f"metric {metric!r} is not one of {', '.join(METRICS)}")
@@ -185,8 +185,8 @@ def _wait_ready(client, version, timeout: float = 120.0):
 
 def _log_full_model(client, winner: dict, snapshot: dict):
     """Log the winner's compact model.keras as an MLflow pyfunc model in its run; returns the model URI."""
-    from bnpipe import serving
-    from bnpipe.train import MODEL_ARTIFACT
+    from bnpipe.core.train import MODEL_ARTIFACT
+    from bnpipe.mlflow_edge import serving
 
     with tempfile.TemporaryDirectory() as tmp:
         local = client.download_artifacts(winner["run_id"], MODEL_ARTIFACT, tmp)
@@ -227,7 +227,7 @@ def _load_keras(client, run_id: str):
     """The compact model.keras a training run logged, downloaded and loaded."""
     import keras
 
-    from bnpipe.train import MODEL_ARTIFACT
+    from bnpipe.core.train import MODEL_ARTIFACT
 
     with tempfile.TemporaryDirectory() as tmp:
         model = keras.models.load_model(client.download_artifacts(run_id, MODEL_ARTIFACT, tmp))
@@ -237,7 +237,7 @@ def _load_keras(client, run_id: str):
 
 def _rescore(model, snapshot: dict, metric: str) -> float:
     """``metric`` of ``model`` on the snapshot split it names (``val_accuracy``: the validation split)."""
-    from bnpipe.train import evaluate
+    from bnpipe.core.train import evaluate
 
     split = metric.split("_", 1)[0]
     return evaluate(model, snapshot["path"], split)[metric]
@@ -431,7 +431,7 @@ def log_table(client, parent_run_id: str, rows: list[dict], out_dir: str | Path)
     """Write the comparison as CSV and Markdown and log both to the parent run."""
     import pandas as pd
 
-    from bnpipe.render import markdown_table
+    from bnpipe.base.render import markdown_table
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

@@ -1,9 +1,9 @@
 """Logged training: one variant trained in its own nested MLflow run (the MLflow edge of ``train``).
 
 ``train_and_log`` is what a mapped training task runs, in this process or (through
-``bnpipe.warm.train_variant``) in a warm trainer. It returns a small JSON-able result; the model
+``bnpipe.operations.warm.train_variant``) in a warm trainer. It returns a small JSON-able result; the model
 itself goes to MLflow as a compact ``model.keras`` artifact. The full MLflow model is logged
-later, for the winner only (see ``bnpipe.compare``).
+later, for the winner only (see ``bnpipe.mlflow_edge.compare``).
 """
 
 from __future__ import annotations
@@ -13,9 +13,10 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-from bnpipe import tracking, train
-from bnpipe.train import TrainConfig
-from bnpipe.variants import Variant
+from bnpipe.core import train
+from bnpipe.core.train import TrainConfig
+from bnpipe.core.variants import Variant
+from bnpipe.mlflow_edge import tracking
 
 
 def train_and_log(
@@ -31,7 +32,7 @@ def train_and_log(
 ) -> dict:
     """Train one variant in its own nested MLflow run. Returns ``{name, run_id, status, metrics}``.
 
-    ``stop``: see ``train.fit``; ``bnpipe.warm`` passes it, so a task that goes away stops its trainer.
+    ``stop``: see ``train.fit``; ``bnpipe.operations.warm`` passes it, so a task that goes away stops its trainer.
     ``trainer`` (tag ``bnpipe.trainer``) says which process trained: ``task`` or ``warm pid <n>``.
     """
     train.configure_threads(cfg.threads)

@@ -20,7 +20,8 @@ import os
 import sys
 from pathlib import Path
 
-from bnpipe import params, procs, settings
+from bnpipe.base import procs, settings
+from bnpipe.operations import params
 
 DAG_ID = "bnpipe_experiment"
 
@@ -52,12 +53,6 @@ class EmbeddedError(RuntimeError):
     """The embedded Airflow cannot run the DAG: its DB, its DAG folder or its api-server."""
 
 
-def _dags_folder() -> Path:
-    """The repository's dags/ next to this package (editable install), else ./dags."""
-    here = Path(__file__).resolve().parents[1] / "dags"
-    return here if here.is_dir() else Path.cwd() / "dags"
-
-
 def embedded_env() -> dict:
     """The embedded setup's environment: its AIRFLOW_* values replace the shell's; BNPIPE_HOME,
     MLFLOW_TRACKING_URI and TF_CPP_MIN_LOG_LEVEL are defaults that the shell's values override."""
@@ -65,7 +60,7 @@ def embedded_env() -> dict:
     return {
         "BNPIPE_HOME": str(home),
         "AIRFLOW_HOME": str(home / "airflow"),
-        "AIRFLOW__CORE__DAGS_FOLDER": str(_dags_folder()),
+        "AIRFLOW__CORE__DAGS_FOLDER": str(settings.repo_dir("dags")),
         "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
         "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
         "AIRFLOW__CORE__PARALLELISM": str(max(2, os.cpu_count() or 2)),
@@ -145,7 +140,7 @@ def embedded_notice(prog: str, dropped: dict, airflow: bool = True) -> str | Non
 
 def tracking_problem() -> str | None:
     """Why the MLflow tracking store does not answer, in one line; None when it does."""
-    from bnpipe import tracking
+    from bnpipe.mlflow_edge import tracking
 
     uri = settings.tracking_uri()
     try:
@@ -224,14 +219,14 @@ def run_dag(conf: dict, parallel: bool = False, dag_id: str = DAG_ID, run_after=
     """
     apply_embedded_env()
     _migrate()
-    from bnpipe import warm
+    from bnpipe.operations import warm
 
     try:
         if parallel:
             with execution_api():
                 return _run_dag(conf, parallel, dag_id, run_after)
         return _run_dag(conf, parallel, dag_id, run_after)
-    finally:  # the training tasks' warm trainers (bnpipe.warm) end with this run
+    finally:  # the training tasks' warm trainers (bnpipe.operations.warm) end with this run
         warm.stop_all()
 
 
@@ -260,7 +255,7 @@ def dag_run_id(run_after) -> str:
 
 def summary_for(dag_run_id: str) -> dict | None:
     """The run summary, read back from MLflow by the DAG run's id."""
-    from bnpipe.report import load_summary
+    from bnpipe.reporting.report import load_summary
 
     return load_summary(dag_id=DAG_ID, dag_run_id=dag_run_id)
 
@@ -301,7 +296,8 @@ def _watcher(conf: dict, run_id: str, out, verbose: bool):
     from mlflow.exceptions import MlflowException
     from rich.console import Console
 
-    from bnpipe import progress, tracking
+    from bnpipe.mlflow_edge import tracking
+    from bnpipe.reporting import progress
 
     console = Console(file=out)
     if console.is_terminal and not verbose:
@@ -323,7 +319,8 @@ def _watcher(conf: dict, run_id: str, out, verbose: bool):
 
 def where_to_look(summary: dict) -> list[str]:
     """Where the rest is: the claims report's artifact path and how to open the MLflow UI."""
-    from bnpipe import report, tracking
+    from bnpipe.mlflow_edge import tracking
+    from bnpipe.reporting import report
 
     client = tracking.connect()
     parent = client.get_run(summary["parent_run_id"])
@@ -350,7 +347,8 @@ def read_verdicts(parent_run_id: str) -> list[dict] | None:
 
     from mlflow.exceptions import MlflowException
 
-    from bnpipe import report, tracking
+    from bnpipe.mlflow_edge import tracking
+    from bnpipe.reporting import report
 
     client = tracking.connect()
     with tempfile.TemporaryDirectory() as tmp:
@@ -363,7 +361,7 @@ def read_verdicts(parent_run_id: str) -> list[dict] | None:
 
 def closing_summary(summary: dict, top: int = 5) -> str:
     """What `bnpipe run` and `bnpipe runs show` print at the end; everything read from MLflow."""
-    from bnpipe.report import summary_text
+    from bnpipe.reporting.report import summary_text
 
     verdicts = read_verdicts(summary["parent_run_id"])
     where = where_to_look(summary)
@@ -380,7 +378,7 @@ def cmd_run(args) -> int:
         return 2
     from datetime import UTC, datetime
 
-    from bnpipe.tracking import TrackingError
+    from bnpipe.mlflow_edge.tracking import TrackingError
 
     dropped = apply_embedded_env()
     run_after = datetime.now(UTC)
@@ -424,8 +422,8 @@ def cmd_run(args) -> int:
 def cmd_runs_show(args) -> int:
     """The closing summary of a past run (`make up`, the REST API, or `bnpipe run`), from MLflow alone."""
     _enter_embedded("bnpipe runs show")
-    from bnpipe.report import resolve_summary
-    from bnpipe.tracking import TrackingError
+    from bnpipe.mlflow_edge.tracking import TrackingError
+    from bnpipe.reporting.report import resolve_summary
 
     try:
         summary = resolve_summary(args.run_id)
@@ -457,9 +455,9 @@ def _enter_embedded(prog: str) -> None:
 def cmd_score(args) -> int:
     """Score a file once with the champion: the same code as the scoring DAG's task."""
     _enter_embedded("bnpipe score")
-    from bnpipe import score
-    from bnpipe.data import DataError
-    from bnpipe.tracking import TrackingError
+    from bnpipe.core.data import DataError
+    from bnpipe.mlflow_edge import score
+    from bnpipe.mlflow_edge.tracking import TrackingError
 
     try:
         result = score.score_file(args.dataset, args.input, args.id_column)
@@ -473,8 +471,8 @@ def cmd_score(args) -> int:
 def cmd_report(args) -> int:
     """Rebuild the claims report of a past run from MLflow alone."""
     _enter_embedded("bnpipe report")
-    from bnpipe import report
-    from bnpipe.tracking import TrackingError
+    from bnpipe.mlflow_edge.tracking import TrackingError
+    from bnpipe.reporting import report
 
     out = Path(args.out or f"bnpipe-report-{args.run_id.replace(':', '_').replace('+', '_')}")
     try:
@@ -493,8 +491,8 @@ def cmd_serve(args) -> int:
         print(f"bnpipe serve: port {args.port} on 127.0.0.1 is not free; pass another with --port", file=sys.stderr)
         return 1
     _enter_embedded("bnpipe serve")
-    from bnpipe import score
-    from bnpipe.tracking import TrackingError
+    from bnpipe.mlflow_edge import score
+    from bnpipe.mlflow_edge.tracking import TrackingError
 
     try:
         champ = score.champion(args.dataset)
@@ -552,7 +550,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="stream Airflow's logs here instead of to $BNPIPE_HOME/logs/run-<time>.log; progress as plain lines",
     )  # fmt: skip
     run.set_defaults(func=cmd_run)
-    from bnpipe.score import PARAMS
+    from bnpipe.mlflow_edge.score import PARAMS
 
     sc = command("score", "score a csv/parquet file with the champion; writes <stem>.predictions.*")
     sc.add_argument("--dataset", required=True, help=PARAMS["dataset"]["description"])

@@ -64,7 +64,7 @@ def log_model(run_id: str, keras_path: str, snapshot: dict, tracking_uri: str) -
             python_model=KerasClassifier(snapshot["classes"]),
             artifacts={"keras_model": keras_path},
             signature=signature(snapshot),
-            code_paths=[str(Path(__file__).parent)],
+            code_paths=[str(Path(__file__).resolve().parents[1])],  # the whole bnpipe package
             pip_requirements=[
                 f"keras=={version('keras')}",  # not `import keras`: that alone costs the compare task ~4 s
                 f"tensorflow-cpu=={version('tensorflow-cpu')}",

@@ -1,7 +1,7 @@
 """Configuration: every environment variable bnpipe reads, with its default and its one-line doc.
 
 ``VARIABLES`` is the one source: the functions below read through ``get``, and
-``docs/configuration.md`` is generated from it (``python -m bnpipe.settings``; a test checks that
+``docs/configuration.md`` is generated from it (``python -m bnpipe.base.settings``; a test checks that
 the file is current and that no other module reads ``os.environ``). Everything lives under
 ``BNPIPE_HOME`` (default: ``.bnpipe`` in the working directory): snapshots, the embedded MLflow
 store and the embedded Airflow home; each location can be overridden on its own. Nothing here
@@ -74,6 +74,15 @@ VARIABLES: dict[str, Variable] = {
                  "training"),
     )
 }  # fmt: skip
+
+
+PACKAGE_DIR = Path(__file__).resolve().parents[1]  # bnpipe/
+
+
+def repo_dir(name: str) -> Path:
+    """``dags/`` or ``plugins/`` next to the package (an editable install or a checkout), else in the cwd."""
+    here = PACKAGE_DIR.parent / name
+    return here if here.is_dir() else Path.cwd() / name
 
 
 def get(name: str) -> str | None:
@@ -171,7 +180,7 @@ def train_queue() -> str:
 
 
 def hostname() -> str:
-    """This worker's name in Airflow (``[core] hostname_callable = bnpipe.settings.hostname``).
+    """This worker's name in Airflow (``[core] hostname_callable = bnpipe.base.settings.hostname``).
 
     ``BNPIPE_HOSTNAME`` tells apart several workers on one host; otherwise the FQDN, as Airflow does.
     """
@@ -217,7 +226,8 @@ def configuration_markdown() -> str:
               "training": "Training"}  # fmt: skip
     out = [
         "# Configuration",
-        "Environment variables bnpipe reads, generated from `bnpipe/settings.py` (`python -m bnpipe.settings`). "
+        "Environment variables bnpipe reads, generated from `bnpipe/base/settings.py` "
+        "(`python -m bnpipe.base.settings`). "
         "`bnpipe run`'s embedded Airflow ignores the shell's `AIRFLOW_HOME` and `AIRFLOW__*` (see `bnpipe --help`).",
     ]
     for group, title in titles.items():

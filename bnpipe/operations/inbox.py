@@ -16,7 +16,8 @@ import json
 import time
 from pathlib import Path
 
-from bnpipe import params, settings
+from bnpipe.base import settings
+from bnpipe.operations import params
 
 KINDS = {".csv": "csv", ".parquet": "parquet"}
 SETTLE_SECONDS = 5.0

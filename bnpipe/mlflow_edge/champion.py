@@ -1,6 +1,6 @@
 """The champion decision: does the alias ``champion`` move to a newly registered version?
 
-Pure: plain values in, a ``Decision`` out; no MLflow, no I/O. ``bnpipe.compare`` gathers the
+Pure: plain values in, a ``Decision`` out; no MLflow, no I/O. ``bnpipe.mlflow_edge.compare`` gathers the
 facts (which version holds the alias, its metric on this snapshot or why it cannot score this
 snapshot's data) and acts on the decision.
 
@@ -17,7 +17,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from bnpipe.tracking import TAG
+from bnpipe.mlflow_edge.tracking import TAG
 
 ALIAS = "champion"
 

@@ -221,7 +221,7 @@ def render(p: RunProgress, title: str, max_rows: int = 20):
 
 def read_runs(client, experiment_name: str, dag_run_id: str) -> tuple[dict | None, list[dict]]:
     """The DAG run's parent run and its variant runs, as the plain dicts ``progress_of`` takes."""
-    from bnpipe import tracking
+    from bnpipe.mlflow_edge import tracking
 
     T = tracking.TAG
     exp = client.get_experiment_by_name(experiment_name)

@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import time
 
-from bnpipe import settings
+from bnpipe.base import settings
 
 TAG = "bnpipe."
 PARENT, VARIANT = "parent", "variant"

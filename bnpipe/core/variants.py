@@ -178,7 +178,7 @@ GRIDS: dict[str, tuple[dict, dict]] = {
         {"hidden": (256, 128), "preprocessing": "standard"},
         {"hidden_bn": [False, True]},
     ),
-    # The real-table suite (bnpipe.suite): standardization, min-max, BN-first at two momenta; every
+    # The real-table suite (bnpipe.operations.suite): standardization, min-max, BN-first at two momenta; every
     # BN-first run also logs its accuracy after recalibration, the fourth arm.
     "tabular-suite": (
         {"hidden": (64, 32), "hidden_bn": False},

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import json
 
-from bnpipe import claims, settings
-from bnpipe.render import markdown_table
+from bnpipe.base import settings
+from bnpipe.base.render import markdown_table
+from bnpipe.core import claims
 
 
 def summary_text(
@@ -43,7 +44,7 @@ def load_summary(
     dag_id: str | None = None, dag_run_id: str | None = None, parent_run_id: str | None = None
 ) -> dict | None:
     """Rebuild a run's summary from MLflow alone: by DAG run id or by parent run id."""
-    from bnpipe import compare, tracking
+    from bnpipe.mlflow_edge import compare, tracking
 
     client = tracking.connect()
     T = tracking.TAG
@@ -143,7 +144,7 @@ def resolve_summary(ref: str) -> dict | None:
 
 def load_runs(client, summary: dict) -> list[dict]:
     """One row per variant run: variant fields, config, status, final metrics and metric histories."""
-    from bnpipe.variants import config_name
+    from bnpipe.core.variants import config_name
 
     runs = []
     for v in summary["variants"]:
@@ -212,7 +213,8 @@ def build_claims_report(ref: str, out_dir, log_to_mlflow: bool = False, target: 
     from datetime import UTC, datetime
     from pathlib import Path
 
-    from bnpipe import plots, tracking
+    from bnpipe.mlflow_edge import tracking
+    from bnpipe.reporting import plots
 
     summary = resolve_summary(ref)
     if summary is None:
@@ -374,7 +376,7 @@ def publish_claims_report(parent_run_id: str) -> dict:
     import tempfile
     import traceback
 
-    from bnpipe import tracking
+    from bnpipe.mlflow_edge import tracking
 
     try:
         with tempfile.TemporaryDirectory() as tmp:
@@ -451,7 +453,7 @@ def findings_table(results_dir, folders=FINDINGS, link_prefix: str = "docs/resul
     return markdown_table(rows)
 
 
-if __name__ == "__main__":  # python -m bnpipe.report docs/results: print the README's findings table
+if __name__ == "__main__":  # python -m bnpipe.reporting.report docs/results: print the README's findings table
     import sys
 
     print(findings_table(sys.argv[1] if len(sys.argv) > 1 else "docs/results"))

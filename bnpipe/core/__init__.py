@@ -1,0 +1,1 @@
+"""The core: data, variants, model, training, instrumentation and claims. It imports neither Airflow nor MLflow."""
