@@ -165,9 +165,15 @@ def test_a_new_code_version_gets_its_own_pool(home, monkeypatch, tmp_path):
     before = warm.pool_dir(1)
     assert before.parent == home / "warm" and before.name.endswith("-t1")
     assert warm.pool_dir(2) != before
-    monkeypatch.setattr(warm, "__file__", str(tmp_path / "warm.py"))  # another bnpipe tree: other sources
-    (tmp_path / "warm.py").write_text("# changed\n")
-    assert warm.pool_dir(1) != before
+    other = tmp_path / "bnpipe"  # another bnpipe tree: other sources
+    (other / "operations").mkdir(parents=True)
+    (other / "operations" / "warm.py").write_text("# changed\n")
+    monkeypatch.setattr(warm.settings, "PACKAGE_DIR", other)
+    changed = warm.pool_dir(1)
+    assert changed != before
+    (other / "core").mkdir()
+    (other / "core" / "train.py").write_text("# a change in another room counts too\n")
+    assert warm.pool_dir(1) not in (before, changed)
 
 
 OTHER_USER = """
