@@ -11,8 +11,13 @@ export BNPIPE_HOME ?= $(CURDIR)/.bnpipe
 demo: setup
 	$(BIN)/bnpipe run --parallel
 
+# TEST_ARGS='-n 2 --dist loadgroup' runs two pytest-xdist workers: each module stays on one, and the
+# modules on the shared real stack share one (tests/conftest.py). Serial stays the default until a
+# quiet-machine comparison shows two workers faster: on 2 cores they run the Celery topology and the
+# real stack at once, and the one two-worker run so far (on a machine busy with other work) was slow.
+TEST_ARGS ?=
 test: setup
-	$(BIN)/pytest
+	$(BIN)/pytest $(TEST_ARGS)
 
 setup: system venv
 

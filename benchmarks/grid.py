@@ -47,13 +47,12 @@ def dag_run(stack, conf: dict, client) -> dict:
     from bnpipe.operations.stack import EXPERIMENT_DAG
 
     t0 = time.time()
-    run_id = stack.trigger(EXPERIMENT_DAG, conf)
-    state = stack.wait_for_run(EXPERIMENT_DAG, run_id, timeout=3600)
+    run_id = stack.client.trigger(EXPERIMENT_DAG, conf)
+    state = stack.client.wait_for_run(EXPERIMENT_DAG, run_id, timeout=3600)
     if state != "success":
         raise RuntimeError(f"benchmark DAG run {run_id} ended {state}; see {stack.log_dir}")
-    quoted = run_id.replace(":", "%3A").replace("+", "%2B")
-    run = stack.api("GET", f"/dags/{EXPERIMENT_DAG}/dagRuns/{quoted}")
-    tis = stack.api("GET", f"/dags/{EXPERIMENT_DAG}/dagRuns/{quoted}/taskInstances?limit=1000")["task_instances"]
+    run = stack.client.dag_run(EXPERIMENT_DAG, run_id)
+    tis = stack.client.task_instances(EXPERIMENT_DAG, run_id)
     wall = _ts(run["end_date"]) - t0
 
     exp = client.get_experiment_by_name("bnpipe")

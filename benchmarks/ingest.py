@@ -2,7 +2,7 @@
 
 ``probe`` imports what ingest needs and warms it up on 100 synthetic rows, resets the kernel's
 peak-RSS mark (``/proc/self/clear_refs``), records its resident set size as the baseline, runs one
-``bnpipe.core.data.ingest`` and reports the seconds and the new peak (VmHWM), so each number belongs to
+``bnpipe.core.snapshots.ingest`` and reports the seconds and the new peak (VmHWM), so each number belongs to
 exactly one ingest. Where the reset is refused, the parent falls back to ``os.wait4``'s peak.
 """
 
@@ -41,14 +41,14 @@ def probe(request: dict, store: str) -> dict:
     import numpy  # noqa: F401 - part of the baseline, as in a task process
     import sklearn.model_selection  # noqa: F401
 
-    from bnpipe.core import data
+    from bnpipe.core import snapshots, sources
 
     with tempfile.TemporaryDirectory() as warm:  # lazy imports and BLAS buffers belong to the baseline
-        data.ingest(data.IngestRequest(source="synthetic", rows=100), Path(warm))
+        snapshots.ingest(sources.IngestRequest(source="synthetic", rows=100), Path(warm))
     reset = _reset_peak()  # else the peak of the imports above would hide the ingest's own
     base = _status_bytes("VmRSS")
     t0 = time.perf_counter()
-    meta = data.ingest(data.IngestRequest(**request), Path(store))
+    meta = snapshots.ingest(sources.IngestRequest(**request), Path(store))
     return {
         "seconds": time.perf_counter() - t0,
         "baseline_rss": base,

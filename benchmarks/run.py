@@ -36,6 +36,9 @@ SIZES = {
         "ingest_reps": 2,
         "fashion_max_rows": None,
         "peak": {},
+        # row 8: the issue's small-data case (a wine grid of 3 epochs: 4 steps per epoch), one trainer process
+        "overhead": {"dataset": "wine", "grid": "smoke", "seeds": 2, "epochs": 3, "batch_size": 32, "reps": 3},
+        "roofline": {"max_rows": 20000, "epochs": 3, "batch_size": 32, "reps": 3, "triad_mib": 256},
     },
     "smoke": {
         "reps": 1,
@@ -53,6 +56,8 @@ SIZES = {
         "ingest_reps": 1,
         "fashion_max_rows": 600,
         "peak": {"n": 512, "trials": 1, "per_trial": 2},
+        "overhead": {"dataset": "wine", "grid": "smoke", "seeds": 1, "epochs": 2, "batch_size": 32, "reps": 1},
+        "roofline": {"max_rows": 600, "epochs": 3, "batch_size": 32, "reps": 1, "triad_mib": 32},
     },
 }
 
@@ -133,10 +138,11 @@ def mlflow_rows(res: dict, par: dict, e2e: dict) -> list[dict]:
     full = [r["registry"]["full_model_seconds"] for r in res["reps"]]
     registry = [r["registry"]["registry_seconds"] for r in res["reps"]]
     return [
-        _row("3a", "MLflow per variant: connect, params, metrics, dataset, model.keras (save + upload)", per_variant,
+        _row("3a", "MLflow per variant: connect, params, metrics, datasets, LoggedModel with model.keras (save + "
+             "upload), system metrics", per_variant,
              "s", "< 0.5", _check(per_variant, lambda m: m < 0.5)),
         _row("3b", "  MLflow per variant / its training time", [100 * s for s in share], "%", digits=1),
-        _row("3c", "winner only: full MLflow pyfunc model (once per DAG run)", full, "s"),
+        _row("3c", "winner only: full MLflow pyfunc model and mlflow.models.evaluate (once per DAG run)", full, "s"),
         _row("3d", "winner only: registry (version, alias, model card)", registry, "s"),
     ]  # fmt: skip
 
@@ -213,6 +219,63 @@ def ingest_rows(res: dict, sizes: list[int]) -> list[dict]:
     return rows
 
 
+def overhead_rows(res: dict) -> list[dict]:
+    """Row 8: everything but ``fit``'s steady-state epochs, as a share of a small-data grid's wall time."""
+    reps = res["reps"]
+    arm = {a: [r[a] for r in reps] for a in ("before", "no_xla", "cold", "warm")}
+    share = {a: [100 * g["other_share"] for g in runs] for a, runs in arm.items()}
+    speed = {a: [b["wall"] / g["wall"] for b, g in zip(arm["before"], arm[a])] for a in ("cold", "warm")}
+    return [
+        _row("8a", "small-data grid in a warm trainer: wall time outside `fit`'s steady-state epochs / wall time",
+             share["warm"], "%", "<= 25", _check(share["warm"], lambda m: m <= 25), 1),
+        _row("8b", "  the same, trainer cold at the grid's start (one trace per graph)", share["cold"], "%", "<= 25",
+             _check(share["cold"], lambda m: m <= 25), 1),
+        _row("8c", "  the same before: XLA on, every variant built, compiled and traced afresh", share["before"], "%",
+             digits=1),
+        _row("8d", "grid wall time, before / trainer cold at the grid's start", speed["cold"], "x"),
+        _row("8e", "grid wall time, before / warm trainer", speed["warm"], "x"),
+        _row("8f", "  grid wall time, warm trainer", [g["wall"] for g in arm["warm"]], "s", digits=1),
+        _row("8g", "  grid wall time, trainer cold at the grid's start", [g["wall"] for g in arm["cold"]], "s",
+             digits=1),
+        _row("8h", "  grid wall time before", [g["wall"] for g in arm["before"]], "s", digits=1),
+        _row("8i", "  grid wall time before, with XLA chosen by the run's steps only",
+             [g["wall"] for g in arm["no_xla"]], "s", digits=1),
+        _row("8j", "  `fit`'s steady-state epochs, warm trainer", [g["steady"] for g in arm["warm"]], "s", digits=1),
+    ]  # fmt: skip
+
+
+def roofline_rows(res: dict) -> list[dict]:
+    """Row 9: the training step's roofline and the trainer's place under it."""
+    reps = res["reps"]
+    col = {k: [r[k] for r in reps] for k in reps[0]}
+    of_bound = [100 * t / b for t, b in zip(col["trainer_gflops"], col["bound_gflops"])]
+    of_peak = [100 * t / p for t, p in zip(col["trainer_gflops"], col["peak_gflops"])]
+    bare_of_mm = [100 * b / m for b, m in zip(col["bare_gflops"], col["matmul_gflops"])]
+    return [
+        _row("9a", f"memory bandwidth (STREAM triad, float64, {res['triad_mib']} MiB per array)", col["bandwidth_gbs"],
+             "GB/s", digits=1),
+        _row("9b", f"  bandwidth from cache (the same triad, {res['cache_triad_kib']:,} KiB: one step's working set)",
+             col["cache_bandwidth_gbs"], "GB/s", digits=1),
+        _row("9c", "  fp32 matmul peak, measured alongside (as row 2a)", col["peak_gflops"], "GFLOP/s", digits=1),
+        _row("9d", f"training step's arithmetic intensity ({res['flops'] / 1e6:.1f} MFLOP, "
+             f"{res['bytes'] / 1e6:.2f} MB)", [res["intensity"]], "FLOP/B"),
+        _row("9e", "roofline bound: min(peak, bandwidth x intensity)", col["bound_gflops"], "GFLOP/s", digits=1),
+        _row("9f", "trainer achieved / roofline bound", of_bound, "%", ">= 50", _check(of_bound, lambda m: m >= 50), 1),
+        _row("9g", "  trainer achieved / fp32 peak", of_peak, "%", digits=1),
+        _row("9h", "  trainer achieved (as row 2b: steady-state epochs, validation and instrumentation in them)",
+             col["trainer_gflops"], "GFLOP/s", digits=1),
+        _row("9i", "  bare training steps (the same model's `fit`, no validation, no callbacks)", col["bare_gflops"],
+             "GFLOP/s", digits=1),
+        _row("9j", "  one bare training step", col["bare_step_ms"], "ms", digits=3),
+        _row("9k", "  the step's matrix products alone, at its shapes", col["matmul_gflops"], "GFLOP/s", digits=1),
+        _row("9l", "  bare steps / their matrix products alone", bare_of_mm, "%", digits=1),
+        _row("9m", f"  operations in one traced training step ({res['matmuls']} of them matrix products)", [res["ops"]],
+             "ops", digits=0),
+        _row("9n", "  bare step's time beyond its matrix products, per other operation", col["us_per_other_op"], "us",
+             digits=1),
+    ]  # fmt: skip
+
+
 def _fmt(v, digits):
     return "-" if v is None else f"{v:,.{digits}f}"
 
@@ -241,7 +304,7 @@ def _command(argv: list[str]) -> str:
 def run(mode: str = "full", stack=None, out: Path | None = None, argv: list[str] | None = None, log=print) -> dict:
     """Run every row; returns ``{"rows": [...], "markdown": str, "raw": {...}}`` and writes ``out``."""
     from bnpipe.base import settings
-    from bnpipe.core import data
+    from bnpipe.core import snapshots, sources
     from bnpipe.operations import params as spec
     from bnpipe.operations.stack import EXPERIMENT_DAG, Stack
 
@@ -267,7 +330,9 @@ def run(mode: str = "full", stack=None, out: Path | None = None, argv: list[str]
         raw: dict = {"machine": machine(), "mode": mode}
         with _env(MLFLOW_TRACKING_URI=stack.mlflow_url, BNPIPE_HOME=home, BNPIPE_EXPERIMENT="bnpipe-bench"):
             # Rows 1-3: one process, all cores for every arm.
-            snap = data.ingest(data.IngestRequest(source="fashion_mnist", max_rows=size["trainer"]["max_rows"]), store)
+            snap = snapshots.ingest(
+                sources.IngestRequest(source="fashion_mnist", max_rows=size["trainer"]["max_rows"]), store
+            )
             cfg = {
                 **{k: size["trainer"][k] for k in ("epochs", "batch_size")}, "snapshot": snap, "threads": cores,
                 "variant": {"preprocessing": "bn_first", "initializer": "he_normal"}, "reps": size["reps"],
@@ -287,11 +352,11 @@ def run(mode: str = "full", stack=None, out: Path | None = None, argv: list[str]
                 conf["hidden"] = g["hidden"]
             params = spec.validate(conf)
             variants = spec.variant_dicts(params)
-            gsnap = data.ingest(spec.ingest_request(params), store)  # the DAG's ingest finds it cached
+            gsnap = snapshots.ingest(spec.ingest_request(params), store)  # the DAG's ingest finds it cached
             say(f"rows 4, 7: DAG vs. script over {len(variants)} variants, {size['reps']} repetitions ...")
             raw["e2e"] = grid.end_to_end(stack, conf, gsnap, variants, size["reps"])
             params = spec.validate({**conf, **size["parallel"]})
-            psnap = data.ingest(spec.ingest_request(params), store)
+            psnap = snapshots.ingest(spec.ingest_request(params), store)
             say(f"row 5: {len(variants)} training tasks at {levels} at once ...")
             raw["parallel"] = grid.parallel(stack, params, psnap, variants, levels, size["parallel_reps"], work)
         say(f"row 6: ingest at {size['synthetic']} rows and Fashion-MNIST ...")
@@ -301,13 +366,29 @@ def run(mode: str = "full", stack=None, out: Path | None = None, argv: list[str]
             stack.stop()
         shutil.rmtree(work, ignore_errors=True)
 
+    # Rows 8, 9 need no services: they run after the stack has stopped, so its processes keep off the cores.
+    import json
+
+    with tempfile.TemporaryDirectory(prefix="bnpipe-bench-") as store:
+        say(f"row 8: a small-data grid in one trainer process, {size['overhead']['reps']} repetitions ...")
+        cfg = {**size["overhead"], "threads": settings.tf_threads(), "store": store}  # a training slot's threads
+        raw["overhead"] = run_module("benchmarks.overhead", ["grid", "--config", json.dumps(cfg)], child_env())
+        say(f"row 9: bandwidth, peak and the trainer, {size['roofline']['reps']} repetitions ...")
+        cfg = {**size["roofline"], "threads": cores, "store": store, "peak": size["peak"],
+               "variant": {"preprocessing": "bn_first", "initializer": "he_normal"}}  # fmt: skip
+        raw["roofline"] = run_module("benchmarks.roofline", ["measure", "--config", json.dumps(cfg)], child_env())
+
     rows = trainer_rows(raw["trainer"]) + mlflow_rows(raw["trainer"], raw["parallel"], raw["e2e"])
     g_rows, best = grid_rows(raw["e2e"], raw["parallel"], levels)
     rows += g_rows + ingest_rows(raw["ingest"], size["synthetic"])
+    rows += overhead_rows(raw["overhead"]) + roofline_rows(raw["roofline"])
     rows.sort(key=lambda r: r["id"][0])  # by row number, stable within
     minutes = (time.monotonic() - started) / 60
     m = raw["machine"]
     tr = raw["trainer"]
+    ov, rf = raw["overhead"], raw["roofline"]
+    peak_med = summary([r["peak_gflops"] for r in tr["reps"]])["median"]
+    bw_med = summary([r["bandwidth_gbs"] for r in rf["reps"]])["median"]
     md = "\n".join([
         "# bnpipe benchmarks",
         "",
@@ -335,6 +416,16 @@ def run(mode: str = "full", stack=None, out: Path | None = None, argv: list[str]
         f"{size['parallel_reps']} repetitions per level.",
         "- **Row 6**: one fresh process per ingest; peak RSS is the kernel's high-water mark (VmHWM), reset after "
         "the imports and a warm-up, above the RSS at that point.",
+        f"- **Row 8**: `{ov['grid']}` grid on `{ov['dataset']}` ({ov['variants']} variants, {ov['graphs']} graphs, "
+        f"{ov['seeds']} seed(s), {ov['n_train']} train rows: {ov['steps_per_epoch']} steps per epoch), {ov['epochs']} "
+        f"epochs, in one process with {ov['threads']} TensorFlow thread(s), as a warm trainer runs it without MLflow "
+        "(`fit`, the test split's scores, the clean-up); steady state = each variant's epochs x the median of its "
+        "epochs after the first.",
+        f"- **Row 9**: rows 1-3's variant at batch {rf['batch_size']}, {rf['threads']} threads, "
+        f"{rf['params']:,} parameters; bytes per step as if nothing stayed cached between passes "
+        "(`benchmarks/roofline.py` lists them).",
+        f"- **Ceilings**: fp32 matmul peak {_fmt(peak_med, 1)} GFLOP/s (row 2a), memory bandwidth "
+        f"{_fmt(bw_med, 1)} GB/s (STREAM-style triad, row 9a).",
         "",
         table(rows),
         "",

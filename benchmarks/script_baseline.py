@@ -18,14 +18,14 @@ def run(cfg: dict) -> dict:
     import keras
     import mlflow
 
-    from bnpipe.core import data
     from bnpipe.core import model as model_lib
+    from bnpipe.core import snapshots
     from bnpipe.core.variants import Variant
 
     snapshot = cfg["snapshot"]
-    X_tr, y_tr = data.load_split(snapshot["path"], "train")
-    X_va, y_va = data.load_split(snapshot["path"], "val")
-    X_te, y_te = data.load_split(snapshot["path"], "test")
+    X_tr, y_tr = snapshots.load_split(snapshot["path"], "train")
+    X_va, y_va = snapshots.load_split(snapshot["path"], "val")
+    X_te, y_te = snapshots.load_split(snapshot["path"], "test")
     X_tr, X_va, X_te = (a.astype("float32") for a in (X_tr, X_va, X_te))
     mlflow.set_experiment(cfg["experiment"])
     mlflow.keras.autolog(silent=True)

@@ -48,11 +48,11 @@ def plain_fit(variant, snapshot: dict, epochs: int, batch_size: int) -> dict:
     """What a user writes: build, compile with defaults, fit. Epoch ends are timed by a callback."""
     import keras
 
-    from bnpipe.core import data
     from bnpipe.core import model as model_lib
+    from bnpipe.core import snapshots
 
-    X_tr, y_tr = data.load_split(snapshot["path"], "train")
-    X_va, y_va = data.load_split(snapshot["path"], "val")
+    X_tr, y_tr = snapshots.load_split(snapshot["path"], "train")
+    X_va, y_va = snapshots.load_split(snapshot["path"], "val")
     X_tr, X_va = X_tr.astype("float32"), X_va.astype("float32")
     keras.utils.set_random_seed(variant.seed)
     model = model_lib.build_model(
@@ -157,6 +157,7 @@ def compare_arms(cfg: dict) -> dict:
             if arm == "plain":
                 row[arm] = plain_fit(variant, snapshot, cfg["epochs"], cfg["batch_size"])
             else:
+                train.forget_compiled_models()  # cold, as plain `fit` is: row 1d includes tracing (row 8: warm)
                 row[arm] = trainer_run(variant, snapshot, configs[arm], client, f"{arm}-{tag}-{rep}")
         row["registry"] = register_winner(client, row["trainer"]["result"], snapshot, f"{tag}-{rep}")
         for arm in ARMS:

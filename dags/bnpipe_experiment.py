@@ -5,10 +5,15 @@ One run ingests a data set, trains a grid of model variants in parallel (standar
 vs. raw inputs with BatchNormalization as the first layer, initializers, activations, gradient
 clipping), logs every variant to MLflow as a nested run, then ranks them and registers the
 winner as `bnpipe-<dataset>`. The alias `champion` moves only when the winner beats the
-current champion on the same data.
+current champion on the same data. With the Param `approval` set to `required`, it moves only once
+a person approves it: the task `approve` waits for an answer under Required Actions.
 
 Set the trigger form's fields to choose the data set, the grid and the schedule of training.
 Results: the MLflow UI, experiment `bnpipe`, one parent run per DAG run.
+
+Assets: `ingest` emits `bnpipe://data/<dataset>` (digest in the event's extra); `compare` (or
+`promote`, after an approval) emits `bnpipe://models/bnpipe-<dataset>/champion` (model name and
+version) when the alias moved, which starts `bnpipe_score` on the new champion.
 """
 
 from __future__ import annotations
@@ -18,7 +23,9 @@ from datetime import datetime, timedelta
 from airflow.sdk import Param, dag, get_current_context, task
 
 from bnpipe.base import settings
-from bnpipe.operations import params
+from bnpipe.operations import assets, conventions, params
+from bnpipe.operations.approval import ChampionApproval, approver
+from bnpipe.operations.conventions import fail_fast
 
 DAG_ID = "bnpipe_experiment"
 
@@ -36,7 +43,9 @@ def _airflow_link() -> str:
     max_active_runs=1,
     tags=["bnpipe", "ml", "experiment"],
     doc_md=__doc__,
+    owner_links=conventions.owner_links(),
     default_args={
+        "owner": conventions.OWNER,
         "retries": settings.task_retries(),
         "retry_delay": timedelta(seconds=settings.retry_delay_seconds()),
         "retry_exponential_backoff": True,
@@ -48,12 +57,8 @@ def bnpipe_experiment():
     @task(retries=0)
     def validate_params() -> dict:
         """Check every Param before any data is read; a bad value fails fast, without retries."""
-        from airflow.sdk.exceptions import AirflowFailException
-
-        try:
+        with fail_fast(ValueError):
             return params.validate(dict(get_current_context()["params"]))
-        except ValueError as exc:
-            raise AirflowFailException(str(exc)) from exc
 
     @task
     def start_tracking(p: dict) -> dict:
@@ -63,20 +68,23 @@ def bnpipe_experiment():
         ctx = get_current_context()
         return tracking.start_dag_run(p, ctx["dag"].dag_id, ctx["run_id"], _airflow_link())
 
-    @task
+    @task(outlets=[assets.alias(assets.DATA)])
     def ingest(p: dict, run: dict) -> dict:
-        """Read, validate, split and store the data set once per content digest. XCom: paths and digest."""
-        from airflow.sdk.exceptions import AirflowFailException
+        """Read, validate, split and store the data set once per content digest. XCom: paths and digest.
 
-        from bnpipe.core import data
+        Emits the data set's asset, bnpipe://data/<dataset>, with the snapshot's digest.
+        """
+        from bnpipe.core import snapshots
+        from bnpipe.core.validation import DataError
         from bnpipe.mlflow_edge import tracking
 
-        try:
-            snapshot = data.ingest(params.ingest_request(p))
-        except data.DataError as exc:
+        def rejected(exc):
             tracking.fail_parent(run["parent_run_id"], f"ingest rejected the data: {exc}")
-            raise AirflowFailException(str(exc)) from exc
+
+        with fail_fast(DataError, before=rejected):
+            snapshot = snapshots.ingest(params.ingest_request(p))
         tracking.record_snapshot(run["parent_run_id"], snapshot)
+        assets.emit(get_current_context()["outlet_events"], assets.DATA, assets.data_event(snapshot))
         return snapshot
 
     @task(retries=0)
@@ -105,25 +113,45 @@ def bnpipe_experiment():
             ti.map_index, ti.try_number,
         )  # fmt: skip
 
-    @task(max_active_tis_per_dag=1)  # one registration at a time in this deployment (others: compare re-reads)
+    # one registration at a time in this deployment (others: compare re-reads)
+    @task(max_active_tis_per_dag=1, outlets=[assets.alias(assets.CHAMPION)])
     def compare(results: list[dict], snapshot: dict, run: dict, p: dict) -> dict:
         """Rank the variants, log the table, register the winner and move `champion` if it is better.
 
         Then log the claims report (verdict per claim, plots) to the parent run's `report/` artifacts.
+        When the alias moved, emits bnpipe://models/bnpipe-<dataset>/champion with the version.
+        With approval=required the move waits for `approve`; XCom `approval` holds the request.
         """
-        from airflow.sdk.exceptions import AirflowFailException
-
         from bnpipe.mlflow_edge.compare import NoHealthyVariant, conclude
-        from bnpipe.reporting import report
+        from bnpipe.reporting import report, summaries
 
-        try:
-            summary = conclude(list(results), snapshot, run["parent_run_id"], p["metric"], _airflow_link())
-        except NoHealthyVariant as exc:
-            raise AirflowFailException(str(exc)) from exc
-        summary["report"] = report.publish_claims_report(run["parent_run_id"])
-        print(report.summary_text(summary))
-        print(report.verdict_text(summary["report"].get("verdicts", [])))
-        return summary
+        with fail_fast(NoHealthyVariant):
+            summary = conclude(
+                list(results), snapshot, run["parent_run_id"], p["metric"], _airflow_link(), p["approval"]
+            )
+        published = report.publish_claims_report(run["parent_run_id"])
+        verdicts = report.verdict_text(published.get("verdicts", []))
+        print(summaries.text(summary))
+        print(verdicts)
+        request = summaries.approval_request(summary, verdicts, p["approval_timeout_hours"])
+        out = {**summary.to_dict(), "report": published, "approval": request}
+        event = assets.champion_event(snapshot, out["champion"])
+        assets.emit(get_current_context()["outlet_events"], assets.CHAMPION, event)
+        return out
+
+    @task(outlets=[assets.alias(assets.CHAMPION)])
+    def promote(out: dict, response: dict, snapshot: dict, run: dict, p: dict) -> dict:
+        """Move `champion` to the version a person approved, checking the holder again first (approval=required).
+
+        Emits bnpipe://models/bnpipe-<dataset>/champion when the alias moved. Skipped on Reject, on a
+        timeout, and when nothing awaited approval.
+        """
+        from bnpipe.mlflow_edge import compare
+
+        champion = compare.promote(out["champion"], snapshot, run["parent_run_id"], p["metric"], approver(response))
+        event = assets.champion_event(snapshot, champion)
+        assets.emit(get_current_context()["outlet_events"], assets.CHAMPION, event)
+        return champion
 
     @task
     def close_runs(run: dict) -> dict:
@@ -136,7 +164,10 @@ def bnpipe_experiment():
     run = start_tracking(p)
     snapshot = ingest(p, run)
     results = train.partial(snapshot=snapshot, run=run, p=p).expand(variant=plan(p))
-    compare(results, snapshot, run, p) >> close_runs(run).as_teardown(setups=run)
+    out = compare(results, snapshot, run, p)
+    approve = ChampionApproval(task_id="approve")
+    out >> approve
+    promote(out, approve.output, snapshot, run, p) >> close_runs(run).as_teardown(setups=run)
 
 
 bnpipe_experiment()

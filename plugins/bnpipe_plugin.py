@@ -7,6 +7,7 @@
 - Tab **bnpipe results** on every DAG run page (and on the DAG page, for its latest run): the
   ranked comparison, who holds ``champion`` and why, and the claims report (artifact ``report/``
   of the parent run) when that run has one.
+- ``/bnpipe/readme``: the project's README, where the DAGs' owner name links to (``owner_links``).
 
 The FastAPI app runs inside the api-server and asks for the same login as the UI (the session
 cookie or a Bearer token), then asks the auth manager whether that user may read the DAG named in
@@ -44,25 +45,18 @@ def _mlflow_ui() -> str:
 
 
 def _run_url(experiment_id: str, run_id: str) -> str:
-    return f"{_mlflow_ui()}/#/experiments/{experiment_id}/runs/{run_id}"
+    from bnpipe.mlflow_edge import tracking
+
+    return f"{_mlflow_ui()}/{tracking.ui_page(experiment_id, run_id)}"
 
 
 def _parent_run(dag_id: str, dag_run_id: str | None):
-    """The DAG run's MLflow parent run (the latest parent of ``dag_id`` if no run id), or None."""
-    from bnpipe.base import settings
+    """The MLflow client and the DAG run's parent run (the latest parent of ``dag_id`` if no run id), or None."""
     from bnpipe.mlflow_edge import tracking
+    from bnpipe.reporting.summaries import find_parent
 
     client = tracking.connect(attempts=2)
-    exp = client.get_experiment_by_name(settings.experiment_name())
-    if exp is None:
-        return client, None
-    T = tracking.TAG
-    tags = {T + "dag_id": dag_id, T + "role": tracking.PARENT}
-    if dag_run_id:
-        tags[T + "dag_run_id"] = dag_run_id
-    found = tracking._find_runs(client, exp.experiment_id, tags)
-    found.sort(key=lambda r: r.info.start_time or 0, reverse=True)
-    return client, (found[0] if found else None)
+    return client, find_parent(client, dag_id, dag_run_id or None)
 
 
 def task_run_url(dag_id: str, dag_run_id: str, task_id: str, map_index: int) -> str | None:
@@ -74,9 +68,8 @@ def task_run_url(dag_id: str, dag_run_id: str, task_id: str, map_index: int) -> 
         return None
     if task_id != "train":
         return _run_url(parent.info.experiment_id, parent.info.run_id)
-    T = tracking.TAG
-    key = {T + "parent_run_id": parent.info.run_id, T + "map_index": str(map_index)}
-    runs = tracking._find_runs(client, parent.info.experiment_id, key)
+    key = {tracking.TAG + "parent_run_id": parent.info.run_id, tracking.TAG + "map_index": str(map_index)}
+    runs = tracking.find_runs(client, parent.info.experiment_id, key)
     return _run_url(parent.info.experiment_id, runs[0].info.run_id) if runs else None
 
 
@@ -125,7 +118,7 @@ def require_dag_read(entity: str):
     return check
 
 
-# Every route names its DAG (path or query) and checks it; the app-wide login is a backstop.
+# Every route but the README names its DAG (path or query) and checks it; the app-wide login is a backstop.
 app = FastAPI(title="bnpipe", dependencies=[Depends(require_login)])
 READ_RUNS = [Depends(require_dag_read("RUN"))]
 
@@ -137,6 +130,25 @@ def mlflow_run(dag_id: str, dag_run_id: str, task_id: str, map_index: int = -1):
     if url is None:
         raise HTTPException(404, f"No MLflow run yet for {dag_id} / {dag_run_id} / {task_id}[{map_index}].")
     return RedirectResponse(url, status_code=307)
+
+
+@app.get("/readme", response_class=HTMLResponse)
+def readme():
+    """The project's README: where the DAGs' owner name links to (``owner_links``); the login is enough."""
+    from bnpipe.base import settings
+
+    path = settings.PACKAGE_DIR.parent / "README.md"
+    if not path.is_file():
+        raise HTTPException(404, f"No README.md next to the bnpipe package ({path.parent}).")
+    text = path.read_text()
+    try:
+        from markdown_it import MarkdownIt  # installed with Airflow (through rich)
+
+        body = MarkdownIt("commonmark", {"html": False}).enable("table").render(text)
+    except ImportError:
+        body = f"<pre>{html.escape(text)}</pre>"
+    head = "<!doctype html><html><head><meta charset='utf-8'><title>bnpipe README</title></head>"
+    return HTMLResponse(f"{head}<body>{body}</body></html>")
 
 
 @app.get("/runs/{dag_id}/latest", response_class=HTMLResponse, dependencies=READ_RUNS)
@@ -203,17 +215,10 @@ table{border-collapse:collapse;font-size:14px}td,th{border:1px solid #cbd5e0;pad
 td:nth-child(2),th:nth-child(2),td:nth-child(3){text-align:left}tr.winner{background:#f0fff4;font-weight:600}
 .muted{color:#718096}iframe{width:100%;height:900px;border:1px solid #cbd5e0}
 """
-COLUMNS = ("rank", "variant", "status", "val_accuracy", "val_loss", "test_accuracy", "train_seconds")
-
-
-def _cell(v) -> str:
-    if isinstance(v, float):
-        return f"{v:.4f}"
-    return html.escape("" if v is None else str(v))
 
 
 def _results_page(dag_id: str, dag_run_id: str | None) -> str:
-    from bnpipe.reporting.report import load_summary
+    from bnpipe.reporting import summaries
 
     e = html.escape
     client, parent = _parent_run(dag_id, dag_run_id)
@@ -222,42 +227,13 @@ def _results_page(dag_id: str, dag_run_id: str | None) -> str:
     if parent is None:
         body = "<p>No MLflow run for this DAG run yet: the comparison appears once training has started.</p>"
         return f"{head}<body><h2>{title}</h2>{body}</body></html>"
-    s = load_summary(parent_run_id=parent.info.run_id)
-    run_ids = {v["name"]: v["run_id"] for v in s["variants"]}
-    winner = (s.get("champion") or {}).get("variant")
-    rows = []
-    for r in s["table"]:
-        name = r.get("variant")
-        href = e(_run_url(s["experiment_id"], run_ids[name])) if name in run_ids else ""
-        link = f"<a href='{href}' target='_blank' rel='noopener'>{e(name)}</a>"
-        cells = [link if c == "variant" and name in run_ids else _cell(r.get(c)) for c in COLUMNS]
-        cls = " class='winner'" if name == winner else ""
-        rows.append(f"<tr{cls}>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
-    table = (
-        "<table id='comparison'><tr>" + "".join(f"<th>{c}</th>" for c in COLUMNS) + "</tr>" + "".join(rows) + "</table>"
-        if rows
-        else "<p>No variant has finished yet.</p>"
-    )
-    parts = [
-        f"<h2>{title}</h2>",
-        f"<p>MLflow parent run <a href='{e(_run_url(s['experiment_id'], s['parent_run_id']))}' target='_blank' "
-        f"rel='noopener'>{e(s['parent_run_id'])}</a> ({e(s['status'])}), ranked on <b>{e(s['metric'])}</b>.</p>",
-        table,
-    ]
-    champ = s.get("champion")
-    if champ:
-        verb = "now holds" if champ["alias_moved"] else "was registered; the alias did not move:"
-        parts.append(
-            f"<p id='champion'>Winner <b>{e(champ['variant'] or '')}</b>: {e(champ['model_name'])} version "
-            f"{champ['version']} {verb} <code>champion</code>. {e(champ.get('reason') or '')}</p>"
-        )
-    if s.get("failure"):
-        parts.append(f"<p><b>Failure:</b> {e(s['failure'])}</p>")
+    s = summaries.summary_of(client, parent)
+    parts = [f"<h2>{title}</h2>", summaries.html(s, lambda run_id: _run_url(s.experiment_id, run_id))]
     verdicts = _report_file(client, parent, "verdicts.json")
     if verdicts is not None:
         parts.append("<h3>Verdicts</h3>" + _verdicts_table(json.loads(verdicts)))
     if _report_html(client, parent) is not None:
-        src = f"{urllib.parse.quote(parent.data.tags.get('bnpipe.dag_run_id', ''), safe='')}/report.html"
+        src = f"{urllib.parse.quote(s.dag_run_id or '', safe='')}/report.html"
         parts.append(f"<h3>Claims report</h3><iframe id='report' src='{e(src)}'></iframe>")
     else:
         parts.append("<p class='muted' id='no-report'>No claims report on this run (artifact report/).</p>")

@@ -51,17 +51,15 @@ def mlflow_server(tmp_path_factory):
     import time
     import urllib.request
 
-    root = tmp_path_factory.mktemp("mlflow-server")
-    from bnpipe.base.procs import free_port
+    from bnpipe.base import procs
 
-    port = free_port()
-    log = (root / "server.log").open("wb")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
-         "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}", "--serve-artifacts",
-         "--artifacts-destination", str(root / "artifacts"), "--workers", "1"],
-        stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-    )  # fmt: skip
+    root = tmp_path_factory.mktemp("mlflow-server")
+    port = procs.free_port()
+    cmd = [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
+           "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}", "--serve-artifacts",
+           "--artifacts-destination", str(root / "artifacts"), "--workers", "1"]  # fmt: skip
+    proc = procs.spawn(cmd, root / "server.log")  # a session of its own: the server and its workers
+    rec = procs.record(proc.pid, cmd)
     deadline = time.monotonic() + 90
     while True:
         try:
@@ -71,15 +69,18 @@ def mlflow_server(tmp_path_factory):
         except OSError:
             pass
         if proc.poll() is not None or time.monotonic() > deadline:
+            procs.terminate(rec)
+            proc.wait()
             raise RuntimeError(f"mlflow server did not start: {(root / 'server.log').read_text()[-2000:]}")
         time.sleep(0.5)
     yield port
-    os.killpg(proc.pid, 15)  # the session this fixture started: the server and its workers
-    proc.wait(timeout=30)
-    log.close()
+    procs.terminate(rec, grace=30)  # the group this fixture started: the server and its workers
+    proc.wait()
 
 
-# The real stack (Airflow + MLflow servers), shared by test_stack_e2e.py and test_browser.py.
+# Shared by several modules: the DAG folder parsed once (test_dag_integrity.py, test_scoring.py) and
+# the real stack of Airflow and MLflow servers (test_stack_e2e.py, test_browser.py, test_faults_stack.py).
+from dag_fixtures import parsed  # noqa: E402, F401
 from stack_fixtures import live_stack, stack_run  # noqa: E402, F401
 
 
@@ -111,3 +112,22 @@ def pytest_sessionfinish(session, exitstatus):
     if leftovers:
         print(f"\nwarm trainers left running by the tests (now stopped): {leftovers}")
         session.exitstatus = 1
+
+
+# With `pytest -n 2 --dist loadgroup` (pytest-xdist; `make test TEST_ARGS=...`) every module stays on
+# one worker, so its module-scoped fixtures start once, and the modules that use the session's real
+# stack share one group, so that stack starts once. The two workers then overlap a stack module's
+# waiting with another module's work.
+STACK_MODULES = {
+    "test_stack_e2e", "test_browser", "test_faults_stack", "test_assets", "test_benchmarks_smoke", "test_inbox",
+    "test_approval",
+}  # fmt: skip
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        module = item.module.__name__.rsplit(".", 1)[-1]
+        uses_stack = bool({"live_stack", "stack_run"} & set(getattr(item, "fixturenames", ())))
+        if uses_stack and module not in STACK_MODULES:
+            raise pytest.UsageError(f"{module} uses the session stack: add it to STACK_MODULES in conftest.py")
+        item.add_marker(pytest.mark.xdist_group("stack" if module in STACK_MODULES else module))

@@ -11,12 +11,14 @@ import json
 import time
 import urllib.parse
 import urllib.request
+from pathlib import Path
 
 import pytest
 
 from bnpipe.operations.stack import EXPERIMENT_DAG, Stack
 
 CONF = {"dataset": "breast_cancer", "grid": "smoke", "epochs": 2, "batch_size": 16}
+TRAIN_CONCURRENCY = 2  # training tasks at once per DAG run, whatever the machine's cores
 MODEL = "bnpipe-breast_cancer"
 
 
@@ -30,8 +32,10 @@ def live_stack(tmp_path_factory):
         extra_env={
             "BNPIPE_HOME": str(home),
             "BNPIPE_SCHEDULE": "",  # no scheduled run competing with the test's runs
+            "BNPIPE_TRAIN_CONCURRENCY": str(TRAIN_CONCURRENCY),  # default: one per core; 1 on a 1-core runner
             "BNPIPE_INPUT_DIRS": str(home / "inbox"),
             "BNPIPE_INBOX": str(home / "inbox"),
+            "BNPIPE_SCORE_ON_CHAMPION": "1",  # the scoring DAG runs on a new champion (test_assets.py; it stays paused)
         },
     )
     t0 = time.monotonic()
@@ -48,8 +52,8 @@ def live_stack(tmp_path_factory):
 def stack_run(live_stack):
     """The experiment, triggered by REST with a conf; its run id, final state and duration."""
     t0 = time.monotonic()
-    run_id = live_stack.trigger(EXPERIMENT_DAG, CONF)
-    state = live_stack.wait_for_run(EXPERIMENT_DAG, run_id, timeout=600)
+    run_id = live_stack.client.trigger(EXPERIMENT_DAG, CONF)
+    state = live_stack.client.wait_for_run(EXPERIMENT_DAG, run_id, timeout=600)
     seconds = time.monotonic() - t0
     print(f"\nexperiment run {run_id}: {state} in {seconds:.1f} s")
     return {"run_id": run_id, "state": state, "seconds": seconds}
@@ -81,3 +85,66 @@ def parent_and_children(stack: Stack, dag_run_id: str) -> tuple[dict, list[dict]
 
 def tags_of(run: dict) -> dict:
     return {t["key"]: t["value"] for t in run["data"].get("tags", [])}
+
+
+# --- approval=required runs (tests/test_approval.py, tests/test_browser.py) ------------------------------
+APPROVE_TASK = "approve"
+
+
+def approval_conf(stack: Stack, name: str) -> dict:
+    """A short approval=required run on a model of its own, ``bnpipe-<name>``: iris as a csv file in the
+    input directory's ``approval/`` folder (the inbox DAG watches only the top folder), 4 variants, 1 epoch.
+
+    The rows are shuffled by ``name``: a snapshot is stored by its content's digest and keeps the name of
+    the file first ingested with that content, so equal files would share one model."""
+    import zlib
+
+    from sklearn.datasets import load_iris
+
+    folder = Path(stack.env["BNPIPE_INPUT_DIRS"]) / "approval"
+    folder.mkdir(exist_ok=True)
+    path = folder / f"{name}.csv"
+    frame = load_iris(as_frame=True).frame.rename(columns={"target": "species"})
+    frame.sample(frac=1.0, random_state=zlib.crc32(name.encode())).to_csv(path, index=False)
+    return {"dataset": "csv", "data_path": str(path), "label": "species", "grid": "smoke", "epochs": 1,
+            "batch_size": 16, "approval": "required"}  # fmt: skip
+
+
+def _hitl_path(run_id: str) -> str:
+    rid = urllib.parse.quote(run_id, safe="")
+    return f"/dags/{EXPERIMENT_DAG}/dagRuns/{rid}/taskInstances/{APPROVE_TASK}/-1/hitlDetails"
+
+
+def wait_for_approval(stack: Stack, run_id: str, timeout: float = 600) -> dict:
+    """The run's approval request (Airflow's HITL detail) once its ``approve`` task waits for an answer."""
+    from bnpipe.operations.airflow_api import FINAL_STATES, ApiError
+
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            detail = stack.client.api("GET", _hitl_path(run_id))
+        except ApiError as exc:
+            if exc.status != 404:  # 404: no request yet
+                raise
+            detail = None
+        if detail and detail["task_instance"]["state"] == "awaiting_input":
+            return detail
+        state = stack.client.dag_run(EXPERIMENT_DAG, run_id)["state"]
+        if state in FINAL_STATES or time.monotonic() > deadline:
+            tis = {t["task_id"]: t["state"] for t in stack.client.task_instances(EXPERIMENT_DAG, run_id)}
+            raise AssertionError(f"run {run_id} is {state} and asks for no approval: {tis}")
+        time.sleep(2)
+
+
+def respond(stack: Stack, run_id: str, option: str, missing_ok: bool = False) -> dict | None:
+    """Answer the run's approval request through the REST API (``PATCH .../hitlDetails``) as the stack's user.
+
+    ``missing_ok``: no request (yet), or answered already, is no error; returns None then."""
+    from bnpipe.operations.airflow_api import ApiError
+
+    try:
+        return stack.client.api("PATCH", _hitl_path(run_id), {"chosen_options": [option]})
+    except ApiError as exc:
+        if missing_ok and exc.status in (404, 409):
+            return None
+        raise

@@ -15,7 +15,6 @@ import importlib.util
 import json
 import os
 import secrets
-import subprocess
 import sys
 import time
 import urllib.error
@@ -83,6 +82,8 @@ ROUTES = {
     "/runs/{dag_id}/{dag_run_id}": ("RUN", 200),
     "/runs/{dag_id}/{dag_run_id}/report.html": ("RUN", 404),
 }
+# Routes that name no DAG: the login is enough. The README is where the DAGs' owner name links to.
+LOGIN_ONLY = {"/readme"}
 
 
 @pytest.fixture
@@ -111,7 +112,7 @@ def test_every_route_asks_the_auth_manager_for_the_dag_in_the_request(plugin_cli
 
     plugin, manager, client = plugin_client
     paths = {r.path for r in plugin.app.routes if isinstance(r, APIRoute)}
-    assert paths == set(ROUTES), "a new route needs its access entity and expected answer in ROUTES"
+    assert paths == set(ROUTES) | LOGIN_ONLY, "a new route needs its access entity and expected answer in ROUTES"
     bearer = {"Authorization": "Bearer alice-token"}
     for path, (entity, allowed_status) in ROUTES.items():
         manager.asked.clear()
@@ -127,9 +128,17 @@ def test_every_route_asks_the_auth_manager_for_the_dag_in_the_request(plugin_cli
             assert "No MLflow run for this DAG run yet" in allowed.text
 
 
+def test_the_readme_needs_the_login_and_no_dag(plugin_client):
+    _, manager, client = plugin_client
+    page = client.get("/readme", headers={"Authorization": "Bearer alice-token"})
+    assert page.status_code == 200 and "bnpipe" in page.text and "<h1" in page.text, page.text[:300]
+    assert client.get("/readme").status_code == 401
+    assert manager.asked == []
+
+
 def test_no_login_is_401_and_a_bad_token_403_before_any_dag_is_checked(plugin_client):
     _, manager, client = plugin_client
-    for path in ROUTES:
+    for path in [*ROUTES, *LOGIN_ONLY]:
         assert client.get(_url(path, "open_dag")).status_code == 401, path
         bad = client.get(_url(path, "open_dag"), headers={"Authorization": "Bearer forged"})
         assert bad.status_code == 403, path
@@ -162,7 +171,7 @@ def test_results_page_through_a_real_api_server(tmp_path):
         def page(user: str | None = None, cookie: bool = False):
             if user is None:
                 return _http("GET", url)
-            token = stack.token(user, passwords[user])
+            token = stack.client.token(user, passwords[user])
             header = {"Cookie": f"{COOKIE_NAME_JWT_TOKEN}={token}"} if cookie else {"Authorization": f"Bearer {token}"}
             return _http("GET", url, headers=header)
 
@@ -219,8 +228,7 @@ def auth_mlflow(tmp_path, monkeypatch):
         "--backend-store-uri", f"sqlite:///{tmp_path / 'mlflow.db'}", "--app-name", "basic-auth",
         "--serve-artifacts", "--artifacts-destination", str(tmp_path / "artifacts"),
     ]  # fmt: skip
-    log = open(tmp_path / "mlflow.log", "wb")
-    proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    proc = procs.spawn(cmd, tmp_path / "mlflow.log", env)  # a session of its own: the server and its workers
     url = f"http://{HOST}:{port}"
     t0 = time.monotonic()
     try:
@@ -242,7 +250,6 @@ def auth_mlflow(tmp_path, monkeypatch):
         if proc.poll() is None:  # the server's process group, which this fixture started
             procs.terminate(procs.record(proc.pid))
             proc.wait()
-        log.close()
 
 
 @pytest.mark.integration

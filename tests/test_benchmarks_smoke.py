@@ -20,6 +20,8 @@ pytestmark = pytest.mark.integration
 EXPECTED = {
     "1a", "1b", "1c", "1d", "1e", "1f", "2a", "2b", "2c", "2d", "3a", "3b", "3c", "3d", "4a", "4b", "4c", "4d",
     "4e", "5-1", "5-2", "6a", "6b", "6c", "6d", "6e", "7a", "7a'", "7b", "7c", "7d", "7d'", "7e", "7f", "7g",
+    "8a", "8b", "8c", "8d", "8e", "8f", "8g", "8h", "8i", "8j", "9a", "9b", "9c", "9d", "9e", "9f", "9g", "9h", "9i",
+    "9j", "9k", "9l", "9m", "9n",
 }  # fmt: skip
 
 
@@ -33,9 +35,10 @@ def test_smoke_run_has_every_row_with_numbers(live_stack, tmp_path):
         assert s["n"] >= 1 and all(math.isfinite(s[k]) for k in ("median", "min", "max")), (rid, s)
         assert s["min"] <= s["median"] <= s["max"], (rid, s)
     # the measured quantities are physical: positive times, rates and peaks
-    for rid in ("1b", "1c", "1f", "2a", "2b", "3a", "4b", "4c", "4e", "5-1", "6a", "6b", "7f"):
+    positive = ("1b", "1c", "1f", "2a", "2b", "3a", "4b", "4c", "4e", "5-1", "6a", "6b", "7f")
+    for rid in (*positive, "8a", "8f", "8j", "9a", "9b", "9d", "9e", "9h", "9k"):
         assert rows[rid]["stats"]["median"] > 0, rid
     text = out.read_text()
     for rid, row in rows.items():
         assert f"| {rid} | {row['what']} |" in text
-    assert "-m benchmarks --smoke`" in text and "Load average" in text
+    assert "-m benchmarks --smoke`" in text and "Load average" in text and "memory bandwidth" in text

@@ -17,10 +17,11 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
-from urllib.parse import quote
 
 import pytest
+from dag_fixtures import most_at_once
 
 pytestmark = [pytest.mark.services, pytest.mark.integration, pytest.mark.timeout(600)]
 
@@ -106,9 +107,7 @@ class Topology:
     timings: dict = field(default_factory=dict)
 
     def tis(self, run_id: str, task_id: str | None = None) -> list[dict]:
-        path = f"/dags/{DAG_ID}/dagRuns/{quote(run_id, safe='')}/taskInstances?limit=100"
-        tis = self.stack.api("GET", path)["task_instances"]
-        return [t for t in tis if task_id is None or t["task_id"] == task_id]
+        return self.stack.client.task_instances(DAG_ID, run_id, task_id)
 
     def mlflow(self):
         from mlflow.tracking import MlflowClient
@@ -176,6 +175,9 @@ def topology(tmp_path_factory):
                 # image does). Nothing this DAG uses needs the async engine, so switch it off.
                 "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN_ASYNC": "",
                 "AIRFLOW__CELERY__WORKER_CONCURRENCY": 1,
+                # a worker reserves only the task it runs (Airflow's defaults, pinned: the spread test relies on them)
+                "AIRFLOW__CELERY__WORKER_PREFETCH_MULTIPLIER": 1,
+                "AIRFLOW__CELERY__TASK_ACKS_LATE": "True",
             },
         )
         _check_celery_executor_imports(stack.env)
@@ -191,7 +193,7 @@ def topology(tmp_path_factory):
     finally:
         started = []
         if stack is not None:
-            started = [stack._record(name) for name in stack.recorded()]
+            started = [stack.record_of(name) for name in stack.recorded()]
             stack.stop()  # workers first, then the servers; only the PIDs this stack recorded
         for db in reversed(created):
             with admin.cursor() as cur:
@@ -216,8 +218,8 @@ def celery_run(topology):
     """One plain DAG run on the stack (the smoke grid, 4 variants); yields what the assertions need."""
     stack = topology.stack
     t1 = time.monotonic()
-    run_id = stack.trigger(DAG_ID, CONF)
-    state = stack.wait_for_run(DAG_ID, run_id, timeout=300)
+    run_id = stack.client.trigger(DAG_ID, CONF)
+    state = stack.client.wait_for_run(DAG_ID, run_id, timeout=300)
     topology.timings["run"] = time.monotonic() - t1
     return {
         "stack": stack,
@@ -253,11 +255,21 @@ def test_dag_run_succeeds_on_celery(celery_run):
     )
 
 
-def test_training_variants_ran_on_both_workers(celery_run):
+def test_training_variants_shared_by_both_workers(celery_run):
+    """Each worker has one slot and reserves no second task (concurrency 1, prefetch multiplier 1, late
+    acks: set in the topology), and the DAG queues two training tasks at once (BNPIPE_TRAIN_CONCURRENCY=2).
+    So the first two ran on different workers, and no worker ever ran two at once; where the other
+    two ran is Celery's choice, not asserted."""
     workers = set(celery_run["workers"])
     train = [t for t in celery_run["tis"] if t["task_id"] == "train"]
     assert len(train) == 4 and all(t["state"] == "success" for t in train)
-    assert {t["hostname"] for t in train} == workers, [(t["map_index"], t["hostname"]) for t in train]
+    placed = [(t["map_index"], t["hostname"], t["queued_when"], t["start_date"], t["end_date"]) for t in train]
+    for w in workers:
+        assert most_at_once([(t["start_date"], t["end_date"]) for t in train if t["hostname"] == w]) <= 1, placed
+    first, second = sorted(train, key=lambda t: datetime.fromisoformat(t["queued_when"]))[:2]
+    queued_together = datetime.fromisoformat(second["queued_when"]) < datetime.fromisoformat(first["end_date"])
+    assert queued_together, f"the second training task was queued only after the first ended: {placed}"
+    assert first["hostname"] != second["hostname"], placed
     # every task ran on one of this test's workers, and the training tasks went through the train queue
     assert {t["hostname"] for t in celery_run["tis"]} <= workers
     assert {t["queue"] for t in train} == {"train"}
@@ -356,13 +368,13 @@ def _training(topology: Topology, run_id: str) -> tuple[dict, object] | None:
 def _finish_or_clear(topology: Topology, run_id: str, timeout: float = 300) -> tuple[str, list]:
     """The run's end state, and the tasks that failed on the way; a failed run is cleared once and awaited again."""
     stack = topology.stack
-    state = stack.wait_for_run(DAG_ID, run_id, timeout=timeout)
+    state = stack.client.wait_for_run(DAG_ID, run_id, timeout=timeout)
     if state == "success":
         return state, []
     failed = [(t["task_id"], t["map_index"], t["state"]) for t in topology.tis(run_id) if t["state"] != "success"]
     body = {"dry_run": False, "dag_run_id": run_id, "only_failed": True, "reset_dag_runs": True}
-    stack.api("POST", f"/dags/{DAG_ID}/clearTaskInstances", body)
-    return stack.wait_for_run(DAG_ID, run_id, timeout=timeout), failed
+    stack.client.api("POST", f"/dags/{DAG_ID}/clearTaskInstances", body)
+    return stack.client.wait_for_run(DAG_ID, run_id, timeout=timeout), failed
 
 
 def _assert_clean_mlflow(topology: Topology, run_id: str, variants: int) -> None:
@@ -397,7 +409,7 @@ def test_redis_restart_mid_run(topology):
     import redis
 
     stack = topology.stack
-    run_id = stack.trigger(DAG_ID, FAULT_CONF)
+    run_id = stack.client.trigger(DAG_ID, FAULT_CONF)
     _wait_until(lambda: _training(topology, run_id), 240, "training task", lambda: topology.diagnostics(run_id))
     try:
         subprocess.run(["redis-cli", "-p", str(REDIS_PORT), "shutdown", "nosave"], capture_output=True, timeout=30)
@@ -418,7 +430,7 @@ def test_redis_restart_mid_run(topology):
 def test_postgres_connections_terminated_mid_run(topology):
     """Every connection to the Airflow DB is cut while both variants train; the run still ends well."""
     stack = topology.stack
-    run_id = stack.trigger(DAG_ID, FAULT_CONF)
+    run_id = stack.client.trigger(DAG_ID, FAULT_CONF)
     _wait_until(lambda: _training(topology, run_id), 240, "training task", lambda: topology.diagnostics(run_id))
     admin = _pg()
     try:
@@ -446,13 +458,13 @@ def test_lost_worker_task_retried_on_the_other(topology):
     from bnpipe.base.procs import start_ticks
 
     stack = topology.stack
-    run_id = stack.trigger(DAG_ID, FAULT_CONF)
+    run_id = stack.client.trigger(DAG_ID, FAULT_CONF)
     ti, attempt = _wait_until(
         lambda: _training(topology, run_id), 240, "training task", lambda: topology.diagnostics(run_id)
     )
     victim = ti["hostname"]
     (survivor,) = set(topology.workers) - {victim}
-    rec = stack._record(f"celery-worker-{victim}")
+    rec = stack.record_of(f"celery-worker-{victim}")
     task_runner = ti["pid"]
     trainer_tag = attempt.data.tags["bnpipe.trainer"]
     os.killpg(rec["pid"], signal.SIGKILL)  # the worker and its pool; the task runner has its own group
@@ -464,7 +476,7 @@ def test_lost_worker_task_retried_on_the_other(topology):
         lambda: client.get_run(attempt.info.run_id).info.status != "RUNNING" and time.monotonic(),
         HEARTBEAT_TIMEOUT + 120, "end of the killed attempt's MLflow run", lambda: topology.diagnostics(run_id),
     )  # fmt: skip
-    state = stack.wait_for_run(DAG_ID, run_id, timeout=300)
+    state = stack.client.wait_for_run(DAG_ID, run_id, timeout=300)
     runner_left = task_runner and start_ticks(task_runner) == runner_ticks and runner_ticks is not None
     print(
         f"\nlost worker {victim} (task runner pid {task_runner}, trainer '{trainer_tag}'): the attempt's run ended "

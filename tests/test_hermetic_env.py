@@ -7,21 +7,15 @@ import os
 import shlex
 import socket
 import subprocess
-import time
 
 import pytest
 from conftest import BNPIPE, ROOT, cli_env, run_cli
 
+from bnpipe.base.procs import free_port
 from bnpipe.operations import cli
 
-CHAMPION = "now holds 'champion'"  # the closing summary's winner line (bnpipe.reporting.report.summary_text)
+CHAMPION = "now holds 'champion'"  # the closing summary's winner line (bnpipe.reporting.summaries.champion_lines)
 SMOKE = ["run", "--dataset", "wine", "--grid", "smoke", "--epochs", "1", "--seeds", "1"]
-
-
-def _closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _bnpipe_lines(stderr: str) -> list[str]:
@@ -111,16 +105,15 @@ def test_help_lists_every_command_with_an_example_that_parses(tmp_path):
 def test_unreachable_tracking_uri_is_refused_in_one_line_before_anything_runs(tmp_path):
     home = tmp_path / "h"
     home.mkdir()
-    uri = f"http://127.0.0.1:{_closed_port()}"
+    uri = f"http://127.0.0.1:{free_port()}"
     hostile = _hostile_airflow(tmp_path)
-    t0 = time.monotonic()
     proc = run_cli(SMOKE, home, extra_env={**hostile, "MLFLOW_TRACKING_URI": uri})
     assert proc.returncode == 1, proc.stderr[-3000:]
-    assert time.monotonic() - t0 < 60, "refused before Airflow or training start"
     assert "Traceback" not in proc.stderr + proc.stdout
     [line] = proc.stderr.strip().splitlines()
     assert line.startswith(f"bnpipe run: MLflow tracking server at {uri} did not answer")
     assert "unset it to use the embedded store" in line
+    # refused before anything ran: no Airflow DB was created, so no task (and no training) started
     assert not (home / "airflow" / "airflow.db").exists() and not (home / "mlflow.db").exists()
     _assert_untouched(tmp_path, hostile)
 
@@ -147,10 +140,10 @@ def test_unreachable_tracking_uri_is_refused_in_one_line_before_anything_runs(tm
 def test_expected_errors_are_one_line_with_the_next_step(tmp_path, args, code, expected):
     home = tmp_path / "h"
     home.mkdir()
-    extra = {**_hostile_airflow(tmp_path), "MLFLOW_REGISTRY_URI": f"http://127.0.0.1:{_closed_port()}"}
+    extra = {**_hostile_airflow(tmp_path), "MLFLOW_REGISTRY_URI": f"http://127.0.0.1:{free_port()}"}
     if "--uri" in args:
         args = args[: args.index("--uri")]
-        extra["MLFLOW_TRACKING_URI"] = f"http://127.0.0.1:{_closed_port()}"
+        extra["MLFLOW_TRACKING_URI"] = f"http://127.0.0.1:{free_port()}"
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
         args = [a.replace("{busy}", str(busy.getsockname()[1])) for a in args]
@@ -175,7 +168,7 @@ def test_hostile_shell_is_ignored_and_the_run_reaches_its_champion(tmp_path):
     user_uri = f"sqlite:///{user_store}"
     hostile = {
         **_hostile_airflow(tmp_path),
-        "MLFLOW_REGISTRY_URI": f"http://127.0.0.1:{_closed_port()}",
+        "MLFLOW_REGISTRY_URI": f"http://127.0.0.1:{free_port()}",
         "MLFLOW_EXPERIMENT_NAME": "someone-elses",
     }
     proc = run_cli(SMOKE, home, extra_env={**hostile, "MLFLOW_TRACKING_URI": user_uri})

@@ -53,3 +53,47 @@ def test_design_notes_model_shape():
 def test_clipping_reaches_the_optimizer(clipping):
     opt = model.optimizer(Variant(clipping=clipping, clip_value=0.5))
     assert getattr(opt, clipping) == 0.5
+
+
+@pytest.mark.parametrize(
+    "variant",
+    [
+        Variant(preprocessing="standard", hidden=(8, 4), seed=3),
+        Variant(preprocessing="bn_first", initializer="naive_normal", hidden=(8,), seed=1),
+        Variant(preprocessing="minmax", hidden_bn=False, initializer="glorot_uniform", hidden=(6,), seed=2),
+    ],
+)
+def test_initial_weights_are_a_fresh_models(X, variant):
+    import keras
+
+    stats = model.scaler_stats(variant, X)
+    keras.utils.set_random_seed(variant.seed)
+    expected = model.build_model(variant, [5], 2, stats).get_weights()
+    other = model.build_model(variant, [5], 2, stats)  # the same graph, drawn from another state
+    other.set_weights([w + 1 for w in other.get_weights()])  # and trained
+    keras.utils.set_random_seed(variant.seed)
+    got = model.initial_weights(other, variant, stats)
+    assert len(got) == len(expected)
+    for g, e in zip(got, expected):
+        np.testing.assert_array_equal(np.asarray(g), e)
+
+
+def test_a_saved_scaler_model_keeps_its_statistics(X, tmp_path):
+    import keras
+
+    v = Variant(preprocessing="standard", hidden=(4,))
+    m = model.build_model(v, [5], 2, model.scaler_stats(v, X))
+    m.save(tmp_path / "m.keras")
+    loaded = keras.models.load_model(tmp_path / "m.keras", compile=False)
+    scaled = _first_layer_output(loaded, "standard_scaler", X)
+    np.testing.assert_allclose(scaled, _first_layer_output(m, "standard_scaler", X))
+    np.testing.assert_allclose(np.asarray(loaded(X)), np.asarray(m(X)), atol=1e-6)
+
+
+def test_scores_are_what_evaluate_reports(X):
+    v = Variant(preprocessing="standard", hidden=(4,))
+    m = model.compile_model(model.build_model(v, [5], 3, model.scaler_stats(v, X)), v, 1, False)
+    y = np.arange(len(X)) % 3
+    loss, acc = m.evaluate(X, y, batch_size=16, verbose=0)
+    got = model.scores(m, X, y, chunk=16)
+    np.testing.assert_allclose(got, (loss, acc), rtol=1e-6)

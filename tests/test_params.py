@@ -36,3 +36,10 @@ def test_param_overrides_reach_variants_and_config():
     assert len(vs) == 4 and all(v["hidden"] == [8] and v["learning_rate"] == 0.05 for v in vs)
     cfg = params.train_config(p)
     assert (cfg.epochs, cfg.batch_size) == (2, 16)
+
+
+def test_every_param_is_in_one_of_the_sections():
+    sections = {name: s.get("section") for name, s in params.SPEC.items()}
+    assert set(sections.values()) == set(params.SECTIONS), sections
+    # the form's sections come in SECTIONS' order, as docs/params.md lists them
+    assert list(dict.fromkeys(sections.values())) == list(params.SECTIONS)

@@ -8,10 +8,12 @@ from datetime import datetime
 import numpy as np
 import pytest
 from conftest import run_cli
+from dag_fixtures import embedded_task_rows, most_at_once
 
 pytestmark = pytest.mark.integration
 
 ARGS = ["run", "--dataset", "breast_cancer", "--grid", "smoke", "--epochs", "3", "--batch-size", "16"]
+TRAIN_CONCURRENCY = 2  # training tasks at once, whatever the machine's cores (default: one per core)
 
 
 @pytest.fixture(scope="module")
@@ -19,7 +21,8 @@ def first_run(tmp_path_factory):
     home = tmp_path_factory.mktemp("pipeline") / "home"
     home.mkdir()
     summary_path = home.parent / "summary.json"
-    proc = run_cli([*ARGS, "--parallel", "--summary-json", str(summary_path)], home)
+    concurrency = {"BNPIPE_TRAIN_CONCURRENCY": str(TRAIN_CONCURRENCY)}
+    proc = run_cli([*ARGS, "--parallel", "--summary-json", str(summary_path)], home, extra_env=concurrency)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
     return home, json.loads(summary_path.read_text()), proc.stdout
 
@@ -60,14 +63,20 @@ def test_parent_and_nested_variant_runs(first_run):
         assert [a.path for a in c.list_artifacts(r.info.run_id, "model")] == ["model/model.keras"]
         inputs = r.inputs.dataset_inputs
         assert inputs and inputs[0].dataset.digest == tags["bnpipe.data_digest"]
+        contexts = {t.value for i in inputs for t in i.tags if t.key == "mlflow.data.context"}
+        assert contexts == {"training", "validation", "test"}
+        models = [c.get_logged_model(o.model_id) for o in r.outputs.model_outputs]  # the variant's LoggedModel
+        assert [(m.source_run_id, m.name, m.status) for m in models] == [(r.info.run_id, r.info.run_name, "READY")]
 
 
 def test_mapped_training_tasks_overlapped(first_run):
-    home, summary, _ = first_run
-    c = _client(home)
-    runs = [c.get_run(v["run_id"]).info for v in summary["variants"]]
-    spans = sorted((r.start_time, r.end_time) for r in runs)
-    assert any(b_start < a_end for (_, a_end), (b_start, _) in zip(spans, spans[1:])), spans
+    """--parallel ran as many training tasks at once as the training concurrency allows, and no more
+    (Airflow's own record of when each task ran, not the MLflow runs inside them)."""
+    home, _, _ = first_run
+    tis = embedded_task_rows(home, "train")
+    assert len(tis) == 4 and all(t["state"] == "success" for t in tis), tis
+    spans = [(t["start_date"], t["end_date"]) for t in tis]
+    assert most_at_once(spans) == TRAIN_CONCURRENCY, sorted(spans)
 
 
 def test_comparison_artifacts_on_parent(first_run):
@@ -88,7 +97,7 @@ def test_registered_champion_takes_raw_inputs(first_run):
     import mlflow
     import pandas as pd
 
-    from bnpipe.core import data
+    from bnpipe.core import snapshots
 
     c = _client(home)
     champ = summary["champion"]
@@ -99,13 +108,14 @@ def test_registered_champion_takes_raw_inputs(first_run):
     mlflow.set_tracking_uri(f"sqlite:///{home / 'mlflow.db'}")
     model = mlflow.pyfunc.load_model("models:/bnpipe-breast_cancer@champion")
     snap = next((home / "snapshots").iterdir())
-    meta = data.read_meta(snap)
-    X, y = data.load_split(snap, "test")
+    meta = snapshots.read_meta(snap)
+    X, y = snapshots.load_split(snap, "test")
     frame = pd.DataFrame(X.astype("float64"), columns=meta["feature_names"])  # raw, unscaled values
     pred = model.predict(frame)
     acc = float((pred["predicted_class"].to_numpy() == np.array(meta["classes"])[y]).mean())
     winner = next(v for v in summary["variants"] if v["run_id"] == champ["run_id"])
     assert acc == pytest.approx(winner["metrics"]["test_accuracy"], abs=1e-6)
+    assert c.get_run(champ["run_id"]).data.metrics["test_accuracy_score"] == pytest.approx(acc, abs=1e-6)  # evaluate's
     assert acc > 0.85
 
 

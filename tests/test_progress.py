@@ -163,7 +163,10 @@ def test_piped_output_is_short_and_ends_with_the_answer(piped_run):
     report_line, ui_line, url_line = lines[-3:]
     assert report_line.startswith("Claims report: ") and report_line.endswith("/report/report.html")
     assert ui_line.endswith(f"mlflow ui --backend-store-uri sqlite:///{home / 'mlflow.db'} --host 127.0.0.1")
-    assert re.fullmatch(r"  then open http://127\.0\.0\.1:5000/#/experiments/\d+/runs/[0-9a-f]{32}", url_line)
+    assert re.fullmatch(
+        r"  then open http://127\.0\.0\.1:5000/#/experiments/\d+/runs/[0-9a-f]{32}\?workflowType=machine_learning",
+        url_line,
+    )
     from pathlib import Path
 
     assert Path(report_line.removeprefix("Claims report: ")).resolve().is_file()
@@ -185,7 +188,7 @@ def test_airflows_logs_go_to_the_file_named_at_the_start(piped_run):
 def test_runs_show_prints_the_same_summary_by_either_id(piped_run):
     home, proc = piped_run
     closing = proc.stdout[proc.stdout.index("| rank |") :]
-    parent = re.search(r"/runs/([0-9a-f]{32})$", proc.stdout.strip()).group(1)
+    parent = re.search(r"/runs/([0-9a-f]{32})\?workflowType=machine_learning$", proc.stdout.strip()).group(1)
     by_parent = run_cli(["runs", "show", parent, "--top", "5"], home, timeout=120)
     assert by_parent.returncode == 0, by_parent.stderr
     header, rest = by_parent.stdout.split("\n", 1)

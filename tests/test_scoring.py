@@ -17,7 +17,6 @@ import numpy as np
 import pandas as pd
 import pytest
 from conftest import BNPIPE, ROOT, cli_env, run_cli
-from test_dag_integrity import parsed  # noqa: F401 - the parsed DAG folder, shared fixture
 
 from bnpipe.base import procs
 
@@ -41,7 +40,7 @@ print("RESULT" + json.dumps(out))
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """A home with a breast_cancer champion, the training summary and a raw scoring file next to it."""
-    from bnpipe.core import data
+    from bnpipe.core import snapshots
 
     home = tmp_path_factory.mktemp("scoring") / "home"
     home.mkdir()
@@ -49,8 +48,8 @@ def trained(tmp_path_factory):
     proc = run_cli([*TRAIN, "--summary-json", str(summary_path)], home)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     snap = next((home / "snapshots").iterdir())
-    meta = data.read_meta(snap)
-    X, y = data.load_split(snap, "test")
+    meta = snapshots.read_meta(snap)
+    X, y = snapshots.load_split(snap, "test")
     frame = pd.DataFrame(X.astype("float64"), columns=meta["feature_names"])
     frame.insert(0, "patient_id", np.arange(1000, 1000 + len(frame)))
     (home.parent / "patients.csv").write_text(frame.to_csv(index=False))
@@ -132,7 +131,7 @@ def test_no_scaler_outside_the_model(trained, dag_runs):
     """The DAG fed raw values: the Keras model on the raw values gives the same probabilities."""
     import keras
 
-    from bnpipe.core import data
+    from bnpipe.core import snapshots
     from bnpipe.core.train import MODEL_ARTIFACT
 
     home, meta = trained["home"], trained["meta"]
@@ -142,7 +141,7 @@ def test_no_scaler_outside_the_model(trained, dag_runs):
     raw = pd.read_csv(home.parent / "patients.csv")[meta["feature_names"]].to_numpy("float32")
     pred = _proba(pd.read_csv(home.parent / "patients.predictions.csv"), meta["classes"])
     np.testing.assert_allclose(np.asarray(model.predict(raw, verbose=0)), pred, atol=1e-6)
-    X_tr, _ = data.load_split(trained["snap"], "train")
+    X_tr, _ = snapshots.load_split(trained["snap"], "train")
     standardized = ((raw - X_tr.mean(axis=0)) / X_tr.std(axis=0)).astype("float32")
     assert not np.allclose(np.asarray(model.predict(standardized, verbose=0)), pred, atol=1e-3)
 
@@ -197,11 +196,8 @@ def test_cli_score_on_parquet(trained, dag_runs):
 def test_server_and_dag_agree(trained, dag_runs):
     home, meta = trained["home"], trained["meta"]
     port = procs.free_port()
-    log = open(home.parent / "serve.log", "wb")  # closed below
-    server = subprocess.Popen(
-        [BNPIPE, "serve", "--dataset", "breast_cancer", "--port", str(port)],
-        env=cli_env(home), stdout=log, stderr=subprocess.STDOUT, cwd=ROOT, start_new_session=True,
-    )  # fmt: skip
+    cmd = [BNPIPE, "serve", "--dataset", "breast_cancer", "--port", str(port)]
+    server = procs.spawn(cmd, home.parent / "serve.log", cli_env(home), cwd=str(ROOT))  # a session of its own
     try:
         deadline = time.monotonic() + 180
         while True:
@@ -218,7 +214,6 @@ def test_server_and_dag_agree(trained, dag_runs):
     finally:
         procs.terminate(procs.record(server.pid), grace=30)  # the server and its uvicorn child: our group
         server.wait()
-        log.close()
     dag = pd.read_csv(home.parent / "patients.predictions.csv")
     assert len(served) == len(dag)
     assert served["predicted_class"].tolist() == dag["predicted_class"].tolist()
@@ -264,10 +259,11 @@ def test_model_card_shows_the_seed_interval():
     assert "**Runner-up**: none" in card and "**Airflow DAG run**: http://af/dags/x/runs/y" in card
 
 
-def test_scoring_dag_shape(parsed):  # noqa: F811 - the fixture imported above
+def test_scoring_dag_shape(parsed):  # the parsed DAG folder (tests/dag_fixtures.py)
     d = parsed["dags"]["bnpipe_score"]
     assert set(d["tasks"]) == {"find_champion", "score"}
-    assert "NullTimetable" in d["schedule"], "triggered on demand unless BNPIPE_SCORE_SCHEDULE is set"
+    # by hand, and on a new champion (BNPIPE_SCORE_ON_CHAMPION); no time schedule unless BNPIPE_SCORE_SCHEDULE
+    assert "AssetAlias(name='bnpipe-champion'" in d["schedule"] and "Cron" not in d["schedule"], d["schedule"]
     for name in ("dataset", "input_path", "id_column"):
         assert d["params"][name].get("type") and d["params"][name].get("description"), name
 

@@ -8,19 +8,17 @@ test_browser.py.
 from __future__ import annotations
 
 import json
-import os
-import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from datetime import datetime
 from pathlib import Path
 
-import numpy as np
 import pytest
-from stack_fixtures import MODEL, mlflow_rest, parent_and_children, tags_of
+from dag_fixtures import most_at_once
+from stack_fixtures import MODEL, TRAIN_CONCURRENCY, mlflow_rest, parent_and_children, tags_of
 
-from bnpipe.operations.stack import COMPONENTS, EXPERIMENT_DAG, INBOX_DAG, StackError, _http
+from bnpipe.operations.airflow_api import ApiError, http
+from bnpipe.operations.stack import COMPONENTS, EXPERIMENT_DAG, INBOX_DAG
 
 pytestmark = pytest.mark.integration
 
@@ -59,24 +57,24 @@ def test_every_component_is_healthy_and_loopback_only(live_stack):
 
 
 def test_rest_api_needs_a_token(live_stack):
-    status, _ = _http("GET", f"{live_stack.airflow_url}/api/v2/dags")
+    status, _ = http("GET", f"{live_stack.airflow_url}/api/v2/dags")
     assert status == 401
-    with pytest.raises(StackError) as err:
-        live_stack.token(password="wrong")
+    with pytest.raises(ApiError) as err:
+        live_stack.client.token(password="wrong")
     assert err.value.status in (401, 403)
-    dags = live_stack.api("GET", "/dags")["dags"]
+    dags = live_stack.client.api("GET", "/dags")["dags"]
     assert {d["dag_id"] for d in dags} >= {EXPERIMENT_DAG, INBOX_DAG}
 
 
 def test_trigger_form_params_and_schema_refusals(live_stack):
-    params = live_stack.api("GET", f"/dags/{EXPERIMENT_DAG}/details")["params"]
+    params = live_stack.client.api("GET", f"/dags/{EXPERIMENT_DAG}/details")["params"]
     for name in ("dataset", "grid", "epochs", "batch_size", "metric", "data_path", "label"):
         assert params[name]["description"], name
     assert "breast_cancer" in params["dataset"]["schema"]["enum"]
     assert params["epochs"]["schema"]["minimum"] == 1
     for conf, words in (({"epochs": 0}, ("epochs", "minimum")), ({"dataset": "nope"}, ("dataset", "nope"))):
-        with pytest.raises(StackError) as err:
-            live_stack.trigger(EXPERIMENT_DAG, conf)
+        with pytest.raises(ApiError) as err:
+            live_stack.client.trigger(EXPERIMENT_DAG, conf)
         assert err.value.status == 400
         detail = err.value.body["detail"]
         assert all(w in detail for w in words), detail
@@ -102,15 +100,11 @@ def test_run_succeeds_with_parent_nested_runs_and_champion(live_stack, stack_run
 
 
 def test_mapped_training_tasks_overlapped(live_stack, stack_run):
-    rid = urllib.parse.quote(stack_run["run_id"], safe="")
-    tis = live_stack.api("GET", f"/dags/{EXPERIMENT_DAG}/dagRuns/{rid}/taskInstances?task_id=train")
-    spans = sorted(
-        (datetime.fromisoformat(t["start_date"]), datetime.fromisoformat(t["end_date"]))
-        for t in tis["task_instances"]
-        if t["task_id"] == "train"
-    )
-    assert len(spans) == 4
-    assert any(b0 < a1 for (_, a1), (b0, _) in zip(spans, spans[1:])), spans
+    """The stack ran as many training tasks at once as its training concurrency allows, and no more."""
+    tis = live_stack.client.task_instances(EXPERIMENT_DAG, stack_run["run_id"], "train")
+    assert len(tis) == 4 and all(t["state"] == "success" for t in tis), tis
+    spans = [(t["start_date"], t["end_date"]) for t in tis]
+    assert most_at_once(spans) == TRAIN_CONCURRENCY, sorted(spans)
 
 
 def _no_redirect(url: str, token: str | None):
@@ -131,9 +125,9 @@ def test_extra_link_opens_the_tasks_mlflow_run(live_stack, stack_run):
     rid = urllib.parse.quote(stack_run["run_id"], safe="")
     parent, children = parent_and_children(live_stack, stack_run["run_id"])
     by_index = {tags_of(c)["bnpipe.map_index"]: c["info"]["run_id"] for c in children}
-    token = live_stack.token()
+    token = live_stack.client.token()
     for task_id, map_index, want in (("train", 2, by_index["2"]), ("compare", -1, parent["info"]["run_id"])):
-        links = live_stack.api(
+        links = live_stack.client.api(
             "GET", f"/dags/{EXPERIMENT_DAG}/dagRuns/{rid}/taskInstances/{task_id}/links?map_index={map_index}"
         )
         link = links["extra_links"]["MLflow run"]
@@ -143,19 +137,20 @@ def test_extra_link_opens_the_tasks_mlflow_run(live_stack, stack_run):
         assert (
             headers["location"]
             == f"{live_stack.mlflow_url}/#/experiments/{parent['info']['experiment_id']}/runs/{want}"
+            "?workflowType=machine_learning"  # the UI's Model training view, not the GenAI one
         )
-    links = live_stack.api("GET", f"/dags/{EXPERIMENT_DAG}/dagRuns/{rid}/taskInstances/ingest/links")
+    links = live_stack.client.api("GET", f"/dags/{EXPERIMENT_DAG}/dagRuns/{rid}/taskInstances/ingest/links")
     assert links["extra_links"]["MLflow run"] is None  # no button on tasks without their own run
 
 
 def test_results_view_shows_the_comparison(live_stack, stack_run):
     rid = urllib.parse.quote(stack_run["run_id"], safe="")
-    plugins = live_stack.api("GET", "/plugins")["plugins"]
+    plugins = live_stack.client.api("GET", "/plugins")["plugins"]
     views = [v for p in plugins if p["name"] == "bnpipe" for v in p["external_views"]]
     assert {v["destination"] for v in views} == {"dag_run", "dag"}
     url = f"{live_stack.airflow_url}/bnpipe/runs/{EXPERIMENT_DAG}/{rid}"
-    assert _http("GET", url)[0] == 401
-    status, page = _http("GET", url, headers={"Authorization": f"Bearer {live_stack.token()}"})
+    assert http("GET", url)[0] == 401
+    status, page = http("GET", url, headers={"Authorization": f"Bearer {live_stack.client.token()}"})
     assert status == 200
     _, children = parent_and_children(live_stack, stack_run["run_id"])
     for c in children:
@@ -165,27 +160,3 @@ def test_results_view_shows_the_comparison(live_stack, stack_run):
     assert "id='verdicts'" in page  # read from report/verdicts.json
     for claim in ("1", "2", "3", "4a", "4b", "4c", "4d", "4e", "R"):
         assert f"<tr><td>{claim}</td><td class='verdict'>" in page, claim
-
-
-def test_file_dropped_into_inbox_starts_an_experiment(live_stack, stack_run):
-    """Runs last: the data-aware DAG picks up a csv (with a sidecar) and the experiment it starts succeeds."""
-    inbox = Path(live_stack.env["BNPIPE_INBOX"])
-    rng = np.random.default_rng(0)
-    x = rng.normal(size=(240, 4)) * [1, 10, 100, 0.1]
-    y = (x[:, 0] + x[:, 1] / 10 > 0).astype(int)
-    rows = ["a,b,c,d,target"] + [",".join(f"{v:.5f}" for v in r) + f",{t}" for r, t in zip(x, y)]
-    (inbox / "drop.csv.json").write_text(json.dumps({"label": "target", "grid": "smoke", "epochs": 1}))
-    (inbox / "drop.csv").write_text("\n".join(rows) + "\n")
-    old = time.time() - 60  # already settled: the sensor waits for files to stop changing
-    os.utime(inbox / "drop.csv", (old, old))
-    live_stack.unpause(INBOX_DAG)
-    deadline, found = time.monotonic() + 240, None
-    while found is None and time.monotonic() < deadline:
-        runs = live_stack.api("GET", f"/dags/{EXPERIMENT_DAG}/dagRuns?limit=50")["dag_runs"]
-        found = next((r for r in runs if (r.get("conf") or {}).get("data_path") == str(inbox / "drop.csv")), None)
-        time.sleep(3)
-    live_stack.api("PATCH", f"/dags/{INBOX_DAG}", {"is_paused": True})
-    assert found, "no experiment run was started for the dropped file"
-    assert found["conf"]["dataset"] == "csv" and found["conf"]["label"] == "target"
-    assert live_stack.wait_for_run(EXPERIMENT_DAG, found["dag_run_id"], timeout=420) == "success"
-    assert list((inbox / ".seen").glob("drop.csv@*"))

@@ -17,7 +17,7 @@ from dataclasses import asdict
 import pytest
 
 from bnpipe.base.procs import start_ticks
-from bnpipe.core import data
+from bnpipe.core import snapshots, sources
 from bnpipe.core.train import TrainConfig
 from bnpipe.core.variants import Variant
 from bnpipe.mlflow_edge import tracking
@@ -30,7 +30,7 @@ CFG = TrainConfig(epochs=2, batch_size=32, threads=1)
 
 @pytest.fixture
 def setup(home):
-    snapshot = data.ingest(data.IngestRequest(source="breast_cancer"))
+    snapshot = snapshots.ingest(sources.IngestRequest(source="breast_cancer"))
     client = tracking.connect()
     exp = tracking.ensure_experiment(client)
     parent = tracking.start_parent_run(client, exp, "bnpipe_experiment", "manual__warm", "link", {})

@@ -92,23 +92,33 @@ def group_members(pgid: int) -> list[int]:
     return out
 
 
-def terminate(rec: dict, grace: float = 20, group: bool = True) -> bool:
+def terminate(rec: dict | None, grace: float = 20, group: bool = True) -> bool:
     """SIGTERM the recorded process (its whole group when ``group``), SIGKILL after ``grace`` s.
 
     Does nothing unless the record is alive. Returns whether it was.
     """
-    if not alive(rec):
-        return False
-    pid = rec["pid"]
+    return terminate_all([rec], grace, group) == 1
+
+
+def terminate_all(recs: list[dict | None], grace: float = 20, group: bool = True) -> int:
+    """:func:`terminate` for several records at once: SIGTERM every live one, then wait up to
+    ``grace`` s for all of them together and SIGKILL the ones left. Returns how many were alive."""
+    live = [rec for rec in recs if alive(rec)]
     send = os.killpg if group else os.kill
-    with contextlib.suppress(ProcessLookupError):
-        send(pid, signal.SIGTERM)
+    for rec in live:
+        with contextlib.suppress(ProcessLookupError):
+            send(rec["pid"], signal.SIGTERM)
+
+    def gone(pid: int) -> bool:  # the leader exited (maybe a zombie its parent reaps later), and its group
+        return start_ticks(pid) is None and (not group or not group_members(pid))
+
+    left = [rec["pid"] for rec in live]
     end = time.monotonic() + grace
-    while time.monotonic() < end:
-        leader_gone = start_ticks(pid) is None  # exited (maybe a zombie its parent reaps later)
-        if leader_gone and (not group or not group_members(pid)):
-            return True
-        time.sleep(0.05 if not group else 0.2)
-    with contextlib.suppress(ProcessLookupError):
-        send(pid, signal.SIGKILL)
-    return True
+    while left and time.monotonic() < end:
+        left = [pid for pid in left if not gone(pid)]
+        if left:
+            time.sleep(0.05 if not group else 0.2)
+    for pid in left:
+        with contextlib.suppress(ProcessLookupError):
+            send(pid, signal.SIGKILL)
+    return len(live)

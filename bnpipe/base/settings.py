@@ -50,7 +50,14 @@ VARIABLES: dict[str, Variable] = {
                  "when it is http).", "mlflow"),
         Variable("BNPIPE_SCHEDULE", "@weekly", "Schedule of the experiment DAG; empty: manual and data-triggered "
                  "only.", "airflow"),
-        Variable("BNPIPE_SCORE_SCHEDULE", None, "Schedule of the scoring DAG; unset: manual only.", "airflow"),
+        Variable("BNPIPE_SCORE_SCHEDULE", None, "Time schedule of the scoring DAG (cron or preset, e.g. @daily); "
+                 "unset: none.", "airflow"),
+        Variable("BNPIPE_SCORE_ON_CHAMPION", "1", "1: the scoring DAG also runs whenever a training run moves a "
+                 "champion, and scores that data set's files in BNPIPE_SCORE_INBOX with the new version; 0: only "
+                 "by hand and on BNPIPE_SCORE_SCHEDULE.", "airflow"),
+        Variable("BNPIPE_SCORE_INBOX", None, "Where the scoring DAG finds files to score when no input_path is "
+                 "given: a folder per data set, named like the dataset Param, of csv or parquet files (default: "
+                 "$BNPIPE_INBOX/score).", "locations"),
         Variable("BNPIPE_RETRIES", "2", "Retries of every task except the ones that fail fast on bad input.",
                  "airflow"),
         Variable("BNPIPE_RETRY_DELAY", "20", "Seconds before the first retry (then exponential backoff).",
@@ -119,6 +126,11 @@ def inbox_dir() -> Path:
     return Path(get("BNPIPE_INBOX") or home() / "inbox").resolve()
 
 
+def score_inbox() -> Path:
+    """Where the scoring DAG finds files to score when no input_path is given: one folder per data set."""
+    return Path(get("BNPIPE_SCORE_INBOX") or inbox_dir() / "score").resolve()
+
+
 def fashion_mnist_dirs() -> list[Path]:
     """Where to look for Fashion-MNIST's IDX files, in order."""
     return [Path(p) for p in (get("BNPIPE_FASHION_MNIST_DIR"), FASHION_MNIST_DIR) if p]
@@ -155,7 +167,13 @@ def schedule() -> str | None:
 
 
 def score_schedule() -> str | None:
+    """The scoring DAG's time schedule; None: none (it may still run on a new champion)."""
     return get("BNPIPE_SCORE_SCHEDULE") or None
+
+
+def score_on_champion() -> bool:
+    """Whether the scoring DAG runs when a training run moves a champion (an asset event)."""
+    return get("BNPIPE_SCORE_ON_CHAMPION") != "0"
 
 
 def train_concurrency() -> int:

@@ -1,1 +1,4 @@
-"""The core: data, variants, model, training, instrumentation and claims. It imports neither Airflow nor MLflow."""
+"""The core: data (validation, sources, snapshots), variants, model, training, instrumentation and claims.
+
+It imports neither Airflow nor MLflow.
+"""

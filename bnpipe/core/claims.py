@@ -7,7 +7,7 @@ Pure functions on plain rows: one dict per variant run with its variant fields (
 How a verdict is reached
 ------------------------
 - **The unit of replication is the seed.** Each seed draws its own train/validation split and its
-  own initialization (``data.replicate_split``), so seeds are independent replicates; runs of one
+  own initialization (``snapshots.replicate_split``), so seeds are independent replicates; runs of one
   seed are not.
 - **One paired difference per replicate.** A comparison contrasts two arms (e.g. BN-first against
   standardization). Within a seed, every *stratum* (the runs that agree on every other variant
@@ -39,7 +39,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 HOLDS, FAILS, INCONCLUSIVE, UNTESTED = "holds", "does not hold", "inconclusive", "not tested by this grid"
 VARIANT_FIELDS = (
@@ -519,17 +519,12 @@ def claim_4c(rows):
 
 def claim_4d(rows):
     ok = healthy(rows)
-    contrasts = [replace_label(c, " (step 0)") for c in bn_contrasts(ok, "grad_imbalance_initial", "improves",
-                                                                     GRAD_MARGIN, -1)]  # fmt: skip
-    contrasts += [replace_label(c, " (over training)") for c in bn_contrasts(ok, "grad_imbalance_mean", "improves",
-                                                                             GRAD_MARGIN, -1)]  # fmt: skip
+    contrasts = [
+        replace(c, label=f"{c.label}{when}")
+        for metric, when in (("grad_imbalance_initial", " (step 0)"), ("grad_imbalance_mean", " (over training)"))
+        for c in bn_contrasts(ok, metric, "improves", GRAD_MARGIN, -1)
+    ]
     return judge("4d", rows, contrasts, "any", HINT_BN)
-
-
-def replace_label(c: Contrast, suffix: str) -> Contrast:
-    from dataclasses import replace
-
-    return replace(c, label=c.label + suffix)
 
 
 def _scaler_contrasts(rows, metric: str, label_suffix: str, headline_ok: bool) -> list[Contrast]:
@@ -558,7 +553,7 @@ def _scaler_contrasts(rows, metric: str, label_suffix: str, headline_ok: bool) -
 def claim_4e(rows):
     contrasts = _scaler_contrasts(rows, "val_accuracy_or_chance", "", True)
     if contrasts and not any(c.headline for c in contrasts):
-        contrasts[0] = replace_headline(contrasts[0])
+        contrasts[0] = replace(contrasts[0], headline=True)
     return judge(
         "4e",
         rows,
@@ -567,12 +562,6 @@ def claim_4e(rows):
         "needs bn_first runs and standard/minmax/rescale runs",
         "Headline: BN-first with Keras' default momentum 0.99 against standardization.",
     )
-
-
-def replace_headline(c: Contrast) -> Contrast:
-    from dataclasses import replace
-
-    return replace(c, headline=True)
 
 
 def claim_r(rows):
@@ -586,7 +575,7 @@ def claim_r(rows):
     ]  # fmt: skip
     scalers = _scaler_contrasts(rows, "val_accuracy_recalibrated", " recalibrated", True)
     if scalers and not any(c.headline for c in scalers):  # no standardization arm: the first scaler decides
-        scalers[0] = replace_headline(scalers[0])
+        scalers[0] = replace(scalers[0], headline=True)
     contrasts += scalers
     rule = "headline" if any(c.headline for c in contrasts) else "all"
     return judge(

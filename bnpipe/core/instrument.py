@@ -36,6 +36,8 @@ from __future__ import annotations
 
 import math
 
+from bnpipe.core.model import compiled, layer_input, scores
+
 RELU_FAMILY = ("relu", "leaky_relu", "elu", "selu")
 GRAD_ROWS = 256  # rows of the fixed training batch for gradient norms and dead units
 TRAIN_ROWS = 2048  # rows of the fixed training sample for the inference-mode training accuracy
@@ -73,21 +75,6 @@ class _KeepState:
         return False
 
 
-def _compiled(model, key, build):
-    """``build()``'s function, made once per model and purpose and traced by ``tf.function``: an eager
-    call of a Keras model costs tens of milliseconds, which at every epoch end added up to ~20% of
-    an epoch (cProfile, benchmarks row 1e). Kept on the model, so it goes away with it."""
-    import tensorflow as tf
-
-    cache = model.__dict__.get("_bnpipe_compiled")
-    if cache is None:
-        cache = {}
-        object.__setattr__(model, "_bnpipe_compiled", cache)  # bypass Keras' attribute tracking
-    if key not in cache:
-        cache[key] = tf.function(build())
-    return cache[key]
-
-
 def layer_grad_norms(model, x, y) -> dict[str, float]:
     """L2 norm of the loss gradient w.r.t. each Dense layer's weights (kernel and bias), in train mode.
 
@@ -111,7 +98,7 @@ def layer_grad_norms(model, x, y) -> dict[str, float]:
         return grads_of
 
     with _KeepState(model):
-        grads = _compiled(model, "grads", build)(x, y)
+        grads = compiled(model, "grads", build)(x, y)
     out, i = {}, 0
     for layer in layers:
         n = len(layer.trainable_weights)
@@ -177,7 +164,7 @@ def dead_unit_fractions(model, x) -> dict[str, float]:
         probe = keras.Model(model.input, [layer.input for layer in layers])
         return lambda x: probe(x, training=False)
 
-    inputs = _compiled(model, "dead_probe", build)(x)
+    inputs = compiled(model, "dead_probe", build)(x)
     inputs = inputs if isinstance(inputs, list | tuple) else [inputs]
     out = {}
     for layer, inp in zip(layers, inputs):
@@ -217,20 +204,14 @@ def mode_accuracies(model, x, y, batch_size: int) -> tuple[float, float]:
         return both
 
     with _KeepState(model):
-        infer, train = _compiled(model, ("modes", batch_size), build)(np.asarray(x, dtype="float32"))
+        infer, train = compiled(model, ("modes", batch_size), build)(np.asarray(x, dtype="float32"))
     infer, train = np.argmax(np.asarray(infer), axis=-1), np.argmax(np.asarray(train), axis=-1)
     return float(np.mean(train == y)), float(np.mean(infer == y))
 
 
 def infer_accuracy(model, x, y) -> float:
     """Accuracy on ``x`` in inference mode (BN uses its moving statistics), as validation is measured."""
-    import numpy as np
-
-    def build():
-        return lambda x: model(x, training=False)
-
-    probs = _compiled(model, "infer", build)(np.asarray(x, dtype="float32"))
-    return float(np.mean(np.argmax(np.asarray(probs), axis=-1) == y))
+    return scores(model, x, y)[1]
 
 
 def fixed_sample(n_rows: int, k: int, seed: int = 0):
@@ -285,8 +266,9 @@ def callback(X_tr, y_tr, X_va, y_va, batch_size: int, steps_per_epoch: int, sink
             self.bn = first_bn(self.model)
             self.bn_probe, self.true_stats = None, None
             if self.bn is not None:
-                probe = keras.Model(self.model.input, self.bn.input)
-                if probe.trainable_weights:  # input changes with training: re-measure on the sample
+                probe = layer_input(self.model, self.bn)
+                before = self.model.layers[: self.model.layers.index(self.bn)]
+                if any(layer.trainable_weights for layer in before):  # input changes with training: re-measure
                     self.bn_probe = probe
                 else:  # fixed input: exact statistics over the whole training split, once
                     self.true_stats = self._input_stats(probe, X_tr)
@@ -296,7 +278,7 @@ def callback(X_tr, y_tr, X_va, y_va, batch_size: int, steps_per_epoch: int, sink
         def _input_stats(self, probe, X, chunk: int = 4096):
             total = total_sq = 0.0
             for i in range(0, len(X), chunk):
-                out = np.asarray(probe(X[i : i + chunk], training=False), dtype="float64")
+                out = np.asarray(probe(X[i : i + chunk]), dtype="float64")
                 out = out.reshape(len(out), -1)
                 total, total_sq = total + out.sum(axis=0), total_sq + np.square(out).sum(axis=0)
             mean = total / len(X)

@@ -15,10 +15,17 @@ import time
 from dataclasses import dataclass
 
 from bnpipe.base import settings
-from bnpipe.core import data
+from bnpipe.core import snapshots
 from bnpipe.core.variants import Variant
 
 MODEL_ARTIFACT = "model/model.keras"
+# XLA compiles the training step once per graph: 2-5 s more than tracing alone, for 0-10% faster steps on
+# these MLPs (0.3-0.4 ms of ~3-4 ms per step at batch 32). Below this many steps per run it costs more than
+# it saves (docs/performance.md).
+XLA_MIN_STEPS = 10_000
+# Compiled models this process keeps, one per graph (``model.graph_key``), most recently used last.
+CACHED_MODELS = 8
+_compiled_models: dict = {}
 
 
 @dataclass(frozen=True)
@@ -26,7 +33,7 @@ class TrainConfig:
     epochs: int = 5
     batch_size: int = 32
     steps_per_execution: int = 32
-    jit_compile: bool = True
+    jit_compile: bool | None = None  # XLA; None: when the run has at least XLA_MIN_STEPS steps
     threads: int | None = None  # TF intra-op threads; None: settings.tf_threads()
     grad_every_steps: int = 0  # also sample gradient norms every N steps (0: once per epoch)
     instrument: bool = True  # bnpipe.core.instrument's measurements (gradient norms, BN statistics, ...)
@@ -48,13 +55,78 @@ def configure_threads(threads: int | None) -> int:
 
 
 def release_tf_memory() -> None:
-    """Drop Keras' global graph state, so tasks sharing a process (dag.test) do not accumulate models."""
+    """After a variant: collect its garbage (the young generations; a full collection takes ~0.5 s).
+
+    The process keeps its compiled models (at most ``CACHED_MODELS``, one per graph) for the next
+    variants, so models do not accumulate; ``forget_compiled_models`` drops them.
+    """
+    import gc
+
+    gc.collect(1)
+
+
+def forget_compiled_models() -> None:
+    """Drop this process's compiled models and Keras' global state: the next ``fit`` starts cold."""
     import gc
 
     import keras
 
+    _compiled_models.clear()
     keras.backend.clear_session()
     gc.collect()
+
+
+def uses_xla(cfg: TrainConfig, steps_per_epoch: int) -> bool:
+    """``cfg.jit_compile``, or, when it is None, whether the run is long enough for XLA to pay off."""
+    if cfg.jit_compile is not None:
+        return cfg.jit_compile
+    return cfg.epochs * steps_per_epoch >= XLA_MIN_STEPS
+
+
+def seed_everything(seed: int) -> None:
+    """``keras.utils.set_random_seed(seed)`` (Python, NumPy, TensorFlow, Keras), keeping TensorFlow's caches.
+
+    ``tf.random.set_seed`` also empties TensorFlow's eager caches, so that a cached stateful random
+    kernel restarts its stream; every traced function then instantiates its kernels again, which
+    cost a variant ~0.3 s on a small table (its first calls took 10-60 ms instead of 2-6 ms).
+    Nothing here draws from an unseeded stateful kernel between seedings (initializers are
+    stateless with explicit seeds; each ``fit`` builds its own shuffling pipeline, seeded from the
+    global seed), so a seed gives the same run either way (``tests/test_train.py``).
+    """
+    import keras
+    from tensorflow.python.eager import context
+
+    ctx = context.context()
+    handle, ctx._context_handle = ctx._context_handle, None  # set_seed empties the caches only through it
+    try:
+        keras.utils.set_random_seed(seed)
+    finally:
+        ctx._context_handle = handle
+
+
+def training_model(variant: Variant, meta: dict, stats, steps_per_execution: int, jit_compile: bool):
+    """The compiled model that trains ``variant``, initialised from ``variant.seed``.
+
+    Seeds, then builds and compiles the variant's model or, when this process already holds a
+    compiled model of the same graph, restarts that one from the weights a fresh model would get
+    (``model.initial_weights``): its traced training, evaluation and instrumentation functions
+    (and XLA's compiled code) serve again. The returned model belongs
+    to this process's cache: the next ``fit`` of the same graph trains it again.
+    """
+    from bnpipe.core import model as model_lib
+
+    seed_everything(variant.seed)
+    key = (model_lib.graph_key(variant, meta["input_shape"], meta["n_classes"]), steps_per_execution, jit_compile)
+    model = _compiled_models.pop(key, None)
+    if model is None:
+        model = model_lib.build_model(variant, meta["input_shape"], meta["n_classes"], stats)
+        model_lib.compile_model(model, variant, steps_per_execution, jit_compile)
+    else:
+        model_lib.restart(model, model_lib.initial_weights(model, variant, stats), variant)
+    _compiled_models[key] = model
+    while len(_compiled_models) > CACHED_MODELS:
+        _compiled_models.pop(next(iter(_compiled_models)))
+    return model
 
 
 def train_key(snapshot_digest: str, variant: Variant, cfg: TrainConfig) -> str:
@@ -98,8 +170,8 @@ def recalibration(model, variant: Variant, X_tr, X_va, y_va) -> dict:
     from bnpipe.core import model as model_lib
 
     def scores(prefix: str) -> dict:
-        loss, acc = model.evaluate(X_va, y_va, batch_size=1024, verbose=0)
-        return {f"val_loss_{prefix}": float(loss), f"val_accuracy_{prefix}": float(acc)}
+        loss, acc = model_lib.scores(model, X_va, y_va)
+        return {f"val_loss_{prefix}": loss, f"val_accuracy_{prefix}": acc}
 
     out = scores("moving")
     saved = model_lib.bn_state(model)
@@ -117,26 +189,26 @@ def fit(variant: Variant, snapshot_path: str, cfg: TrainConfig, on_epoch=None, o
     """Train ``variant``; returns (model, history dict, diverged flag, extra metrics). No MLflow here.
 
     The replicate ``variant.seed`` draws its own train/validation split from the snapshot
-    (``data.replicate_split``) as well as its own initialization and shuffling. ``extra`` holds
+    (``snapshots.replicate_split``) as well as its own initialization and shuffling. ``extra`` holds
     the split's sizes and, for a healthy run, BN recalibration's validation metrics.
 
     ``on_epoch(epoch, row)`` gets each epoch's metrics; ``on_metrics([(row, step), ...])`` gets
     ``bnpipe.core.instrument``'s measurements, a batch per epoch. ``stop()``, polled after every
     execution (``steps_per_execution`` steps), returns a status to abort with (raises ``Aborted``).
+
+    The model is this process's compiled model for the variant's graph (``training_model``): save
+    or evaluate it before the next ``fit``.
     """
     import keras
 
     from bnpipe.core import model as model_lib
 
-    meta = data.read_meta(snapshot_path)
-    X_tr, y_tr, X_va, y_va = data.replicate_split(snapshot_path, variant.seed)
+    meta = snapshots.read_meta(snapshot_path)
+    X_tr, y_tr, X_va, y_va = snapshots.replicate_split(snapshot_path, variant.seed)
     X_tr, X_va = X_tr.astype("float32"), X_va.astype("float32")
-    keras.utils.set_random_seed(variant.seed)
-    model = model_lib.build_model(
-        variant, meta["input_shape"], meta["n_classes"], model_lib.scaler_stats(variant, X_tr)
-    )
     steps = max(1, math.ceil(len(y_tr) / cfg.batch_size))
-    model_lib.compile_model(model, variant, min(cfg.steps_per_execution, steps), cfg.jit_compile)
+    stats = model_lib.scaler_stats(variant, X_tr)
+    model = training_model(variant, meta, stats, min(cfg.steps_per_execution, steps), uses_xla(cfg, steps))
 
     class EpochLogger(keras.callbacks.Callback):
         def on_epoch_begin(self, epoch, logs=None):
@@ -186,7 +258,9 @@ def fit(variant: Variant, snapshot_path: str, cfg: TrainConfig, on_epoch=None, o
 
 
 def evaluate(model, snapshot_path: str, split: str = "test", batch_size: int = 1024) -> dict:
-    """Loss and accuracy of ``model`` on one split of the snapshot."""
-    X, y = data.load_split(snapshot_path, split)
-    loss, acc = model.evaluate(X.astype("float32"), y, batch_size=batch_size, verbose=0)
-    return {f"{split}_loss": float(loss), f"{split}_accuracy": float(acc)}
+    """Loss and accuracy of ``model`` on one split of the snapshot (``model.scores``, in chunks of ``batch_size``)."""
+    from bnpipe.core import model as model_lib
+
+    X, y = snapshots.load_split(snapshot_path, split)
+    loss, acc = model_lib.scores(model, X, y, chunk=batch_size)
+    return {f"{split}_loss": loss, f"{split}_accuracy": acc}

@@ -21,11 +21,18 @@ import tempfile
 import time
 from pathlib import Path
 
-from bnpipe.mlflow_edge import champion, tracking
+from bnpipe.mlflow_edge import champion, evaluation, tracking
 from bnpipe.mlflow_edge.champion import ALIAS
+from bnpipe.mlflow_edge.summary import Champion, RunSummary, ranked_first, variant_rows
 
 # metric -> True when higher is better
 METRICS = {"val_accuracy": True, "val_loss": False, "test_accuracy": True, "test_loss": False}
+# Param approval: "auto" moves the alias here; "required" leaves the move to ``promote``, once a person approved it
+APPROVALS = ("auto", "required")
+AWAITING = "awaiting approval: "  # how the reason starts while a move waits for a person
+# The parent run's tag bnpipe.approval (approval=required only): PENDING, NOT_ASKED (nothing to approve), then
+# "approved by <user>", "rejected by <user>" or "timed out after <hours> h" once the person asked answered
+PENDING, NOT_ASKED = "pending", "not asked: the alias would not move"
 
 
 class NoHealthyVariant(RuntimeError):
@@ -62,17 +69,8 @@ def rank(results: list[dict], metric: str = "val_accuracy") -> list[dict]:
 
 
 def table_rows(results: list[dict], ranked: list[dict]) -> list[dict]:
-    """One flat row per variant, ranked ones first, for CSV and Markdown."""
-    cols = ("val_accuracy", "val_loss", "test_accuracy", "accuracy", "loss", "train_seconds", "epochs_run")
-    ranked_names = {r["name"] for r in ranked}
-    ordered = ranked + [r for r in results if r["name"] not in ranked_names]
-    rows = []
-    for r in ordered:
-        row = {"rank": r.get("rank", "-"), "variant": r["name"], "status": r.get("status", "?")}
-        row.update({c: r.get("metrics", {}).get(c) for c in cols})
-        row["run_id"] = r.get("run_id")
-        rows.append(row)
-    return rows
+    """One flat row per variant, ranked ones first, for CSV and Markdown (``VariantRow.table_row``)."""
+    return [row.table_row() for row in ranked_first(variant_rows(results, ranked))]
 
 
 def better(a: float, b: float, metric: str) -> bool:
@@ -184,13 +182,16 @@ def _wait_ready(client, version, timeout: float = 120.0):
 
 
 def _log_full_model(client, winner: dict, snapshot: dict):
-    """Log the winner's compact model.keras as an MLflow pyfunc model in its run; returns the model URI."""
+    """Log the winner's compact model.keras as an MLflow pyfunc model in its run (into the variant's
+    LoggedModel when it has one) and evaluate it on the test split; returns the model URI."""
     from bnpipe.core.train import MODEL_ARTIFACT
     from bnpipe.mlflow_edge import serving
 
     with tempfile.TemporaryDirectory() as tmp:
         local = client.download_artifacts(winner["run_id"], MODEL_ARTIFACT, tmp)
-        return serving.log_model(winner["run_id"], local, snapshot, client.tracking_uri)
+        uri = serving.log_model(winner["run_id"], local, snapshot, client.tracking_uri, winner.get("model_id"))
+    evaluation.evaluate_model(client, uri, winner["run_id"], snapshot)
+    return uri
 
 
 def _signature_inputs(client, name: str, version: str) -> dict | None:
@@ -289,6 +290,9 @@ def _metric_text(result: dict, key: str) -> str:
     return text
 
 
+CARD_ALIAS = f"**Alias `{ALIAS}`**: "  # the model card's paragraph on the alias starts so
+
+
 def model_card(snapshot: dict, winner: dict, runner_up: dict | None, metric: str, reason: str, link: str) -> str:
     """The model version's description: data, winner, runner-up, why the alias moved or not, the DAG run."""
     keys = [metric] + [k for k in ("val_loss", "test_accuracy") if k != metric]
@@ -299,7 +303,7 @@ def model_card(snapshot: dict, winner: dict, runner_up: dict | None, metric: str
         f"**Runner-up** `{runner_up['name']}`: " + ", ".join(_metric_text(runner_up, k) for k in keys) + "."
         if runner_up
         else "**Runner-up**: none (a single healthy variant).",
-        f"**Alias `{ALIAS}`**: {reason}",
+        CARD_ALIAS + reason,
         f"**Airflow DAG run**: {link or 'n/a (not run by Airflow)'}",
         "Takes raw inputs: scaling is inside the model. Use it with `bnpipe score` or the `bnpipe_score` DAG, "
         "or serve it with `bnpipe serve`.",
@@ -309,14 +313,14 @@ def model_card(snapshot: dict, winner: dict, runner_up: dict | None, metric: str
 
 def _register_version(client, name: str, winner: dict, snapshot: dict, metric: str):
     """A new READY version for the winner. A create whose answer was lost is found by its train_key, not repeated."""
-    T = tracking.TAG
     uri = _retrying(f"log run {winner['run_id']}'s model for {name}", lambda: _log_full_model(client, winner, snapshot))
+    key_tag = tracking.TAG + "train_key"
     tags = {
-        T + "train_key": winner["train_key"],
-        T + "data_digest": snapshot["digest"],
-        T + "variant": winner["name"],
-        T + "metric": metric,
-        T + "metric_value": repr(winner["metrics"][metric]),
+        key_tag: winner["train_key"],
+        tracking.TAG + "data_digest": snapshot["digest"],
+        tracking.TAG + "variant": winner["name"],
+        tracking.TAG + "metric": metric,
+        tracking.TAG + "metric_value": repr(winner["metrics"][metric]),
     }
     # A tracking server accepts a "models:/m-..." source only together with the logged model's id.
     model_id = uri.removeprefix("models:/") if uri.startswith("models:/m-") else None
@@ -324,8 +328,8 @@ def _register_version(client, name: str, winner: dict, snapshot: dict, metric: s
 
     def create():
         if tries:  # an earlier try may have registered it before its answer was lost
-            key = tags[T + "train_key"]
-            found = [v for v in client.search_model_versions(f"name='{name}'") if v.tags.get(T + "train_key") == key]
+            key = tags[key_tag]
+            found = [v for v in client.search_model_versions(f"name='{name}'") if v.tags.get(key_tag) == key]
             if found:
                 return found[0]
         tries.append(1)
@@ -369,10 +373,12 @@ def _settle(client, name: str, number: int, value: float, snapshot: dict, metric
         sets, seen = sets + 1, number
 
 
-def register(client, ranked: list[dict], snapshot: dict, metric: str, link: str = "") -> dict:
+def register(client, ranked: list[dict], snapshot: dict, metric: str, link: str = "", approval: str = "auto") -> dict:
     """Register the winner (once per train_key) and move ``champion`` if it beats the current one.
 
-    Everything the decision needs is read before anything is written, so a registry that does not
+    With ``approval="required"`` a move the decision calls for waits for a person instead: the
+    outcome says ``awaiting_approval`` and its reason starts with ``AWAITING``; ``promote`` moves the
+    alias once approved. Everything the decision needs is read before anything is written, so a registry that does not
     answer fails the task with nothing registered and the alias unchanged. Raises
     ``RegistryUnavailable`` naming the call that kept failing and what had changed by then.
     """
@@ -401,7 +407,10 @@ def register(client, ranked: list[dict], snapshot: dict, metric: str, link: str 
         done = f"{name} v{number} registered; alias {ALIAS} unchanged"
         decision = champion.decide(number, value, holder, metric, METRICS[metric])
         holds = holder.version if holder is not None else None
-        if decision.moves:
+        waits = decision.moves and approval == "required"
+        if waits:
+            decision = champion.Decision(False, AWAITING + decision.reason)
+        elif decision.moves:
             done = f"{name} v{number} registered; alias {ALIAS} set to it but not verified"
             decision, holds = _settle(client, name, number, value, snapshot, metric, decision, holds)
         done = f"{name} v{number} registered; alias {ALIAS} {'holds it' if decision.moves else 'unchanged'}: "
@@ -424,6 +433,7 @@ def register(client, ranked: list[dict], snapshot: dict, metric: str, link: str 
         "alias_moved": decision.moves,
         "reason": decision.reason,
         "champion_version": holds,
+        "awaiting_approval": waits,
     }
 
 
@@ -443,36 +453,115 @@ def log_table(client, parent_run_id: str, rows: list[dict], out_dir: str | Path)
     return {"csv": str(csv_path), "markdown": str(md_path)}
 
 
-def conclude(results: list[dict], snapshot: dict, parent_run_id: str, metric: str, link: str = "") -> dict:
-    """Rank, log the table, register and record the decision on the parent run. Returns the summary."""
+def conclude(
+    results: list[dict], snapshot: dict, parent_run_id: str, metric: str, link: str = "", approval: str = "auto"
+) -> RunSummary:
+    """Rank, log the table, register and record the decision on the parent run. Returns the run's summary.
+
+    The decision goes to the parent run's tags (``bnpipe.winner``, ``bnpipe.alias_moved``,
+    ``bnpipe.alias_reason``, ``bnpipe.registered_version``; with ``approval="required"`` also
+    ``bnpipe.approval``, see ``PENDING``), from which ``bnpipe.reporting.summaries`` rebuilds
+    the same summary later.
+    """
     client = tracking.connect()
     results = [r for r in results if r]
     ranked = rank(results, metric)
-    rows = table_rows(results, ranked)
-    T = tracking.TAG
     with tempfile.TemporaryDirectory() as tmp:
-        log_table(client, parent_run_id, rows, tmp)
+        log_table(client, parent_run_id, table_rows(results, ranked), tmp)
     try:
-        champion = register(client, ranked, snapshot, metric, link)
+        registered = register(client, ranked, snapshot, metric, link, approval)
     except NoHealthyVariant as exc:
-        client.set_tag(parent_run_id, T + "failure", str(exc))
+        client.set_tag(parent_run_id, tracking.TAG + "failure", str(exc))
         client.set_terminated(parent_run_id, status="FAILED")
         raise
-    client.set_tag(parent_run_id, T + "winner", champion["variant"])
-    client.set_tag(parent_run_id, T + "alias_moved", str(champion["alias_moved"]).lower())
-    client.set_tag(parent_run_id, T + "alias_reason", champion["reason"])
-    client.set_tag(parent_run_id, T + "registered_version", str(champion["version"]))
+    decision = {
+        "winner": registered["variant"],
+        "alias_moved": str(registered["alias_moved"]).lower(),
+        "alias_reason": registered["reason"],
+        "registered_version": str(registered["version"]),
+    }
+    if approval == "required":
+        decision["approval"] = PENDING if registered["awaiting_approval"] else NOT_ASKED
+    for key, value in decision.items():
+        client.set_tag(parent_run_id, tracking.TAG + key, value)
     tracking.log_metrics(client, parent_run_id, {f"best_{metric}": ranked[0]["metrics"][metric]})
     client.set_terminated(parent_run_id, status="FINISHED")
     parent = client.get_run(parent_run_id)
-    return {
-        "experiment_id": parent.info.experiment_id,
-        "parent_run_id": parent_run_id,
-        "metric": metric,
-        "variants": [
-            {"name": r["name"], "run_id": r["run_id"], "status": r.get("status"), "metrics": r.get("metrics", {})}
-            for r in results
-        ],
-        "table": rows,
-        "champion": champion,
-    }
+    return RunSummary(
+        experiment_id=parent.info.experiment_id,
+        parent_run_id=parent_run_id,
+        metric=metric,
+        variants=variant_rows(results, ranked),
+        dag_run_id=parent.data.tags.get(tracking.TAG + "dag_run_id"),
+        status=parent.info.status,
+        champion=Champion(**registered),
+    )
+
+
+# --- approval=required: the move a person approved, or the reason it did not happen ---------------------
+
+
+def _record(client, parent_run_id: str, tags: dict) -> None:
+    """Set the parent run's ``bnpipe.<key>`` tags, each call retried like every registry call."""
+    for key, value in tags.items():
+        _retrying(f"tag parent run {parent_run_id} with {tracking.TAG + key}", client.set_tag, parent_run_id,
+                  tracking.TAG + key, value)  # fmt: skip
+
+
+def _rewrite_card_reason(client, name: str, number: int, reason: str) -> None:
+    """Replace the alias paragraph (``CARD_ALIAS``) of version ``number``'s model card by ``reason``."""
+    mv = _retrying(f"read {name} v{number}", client.get_model_version, name, str(number))
+    card = "\n\n".join(CARD_ALIAS + reason if part.startswith(CARD_ALIAS) else part
+                        for part in (mv.description or "").split("\n\n"))  # fmt: skip
+    _retrying(f"write the model card of {name} v{number}", lambda: client.update_model_version(name, str(number), card))
+
+
+def _registered_value(client, name: str, number: int, snapshot: dict, metric: str) -> float:
+    """Version ``number``'s ``metric`` on this snapshot: as recorded at registration, else its run's metric."""
+    mv = _retrying(f"read {name} v{number}", client.get_model_version, name, str(number))
+    value = champion.recorded(mv.tags, snapshot["digest"], metric)
+    if value is None:
+        value = _retrying(f"read run {mv.run_id}", client.get_run, mv.run_id).data.metrics[metric]
+    return value
+
+
+def promote(outcome: dict, snapshot: dict, parent_run_id: str, metric: str, approver: str) -> dict:
+    """Move ``champion`` to the version a person approved, with ``register``'s guarantees.
+
+    ``outcome`` is compare's champion outcome while it awaits approval: the version, and the holder
+    its decision was taken against (``champion_version``). The holder is read again just before the
+    alias is set and read back after (``_settle``): if another run moved the alias while the approval
+    was pending, the decision is taken again against the new holder, so an approval never replaces a
+    better champion. A retry finds the alias on the version already and moves nothing. Records the
+    outcome in the parent run's tags and the version's model card; returns ``outcome`` updated.
+    """
+    name, number = outcome["model_name"], int(outcome["version"])
+    if not outcome.get("awaiting_approval"):
+        raise ValueError(f"{name} v{number} is not awaiting approval ({outcome.get('reason')}); nothing to promote")
+    client = tracking.connect()
+    verdict = f"approved by {approver}"
+    try:
+        value = _registered_value(client, name, number, snapshot, metric)
+        decision = champion.Decision(True, outcome["reason"].removeprefix(AWAITING))
+        decision, holds = _settle(client, name, number, value, snapshot, metric, decision, outcome["champion_version"])
+        reason = f"{decision.reason} ({verdict})"
+        _record(client, parent_run_id, {"alias_moved": str(decision.moves).lower(), "alias_reason": reason,
+                                        "approval": verdict})  # fmt: skip
+        _rewrite_card_reason(client, name, number, reason)
+    except RegistryUnavailable as exc:
+        raise RegistryUnavailable(
+            f"{exc}. {name} v{number} was {verdict}; retrying the task is safe: it reads the holder again"
+        ) from exc.__cause__
+    return {**outcome, "alias_moved": decision.moves, "reason": reason, "champion_version": holds,
+            "awaiting_approval": False}  # fmt: skip
+
+
+def keep(outcome: dict, parent_run_id: str, verdict: str) -> dict:
+    """Leave ``champion`` where it is because the move was not approved (``verdict``: who rejected it, or that
+    the request timed out); records why in the parent run's tags and the version's model card."""
+    name, number = outcome["model_name"], int(outcome["version"])
+    reason = f"{verdict}; alias {ALIAS} unchanged (it would have moved: {outcome['reason'].removeprefix(AWAITING)})"
+    client = tracking.connect()
+    _record(client, parent_run_id, {"alias_moved": "false", "alias_reason": reason, "approval": verdict})
+    _rewrite_card_reason(client, name, number, reason)
+    return {**outcome, "alias_moved": False, "reason": reason, "awaiting_approval": False}

@@ -2,13 +2,17 @@
 
 ``train_and_log`` is what a mapped training task runs, in this process or (through
 ``bnpipe.operations.warm.train_variant``) in a warm trainer. It returns a small JSON-able result; the model
-itself goes to MLflow as a compact ``model.keras`` artifact. The full MLflow model is logged
-later, for the winner only (see ``bnpipe.mlflow_edge.compare``).
+itself goes to MLflow as a compact ``model.keras``, an artifact of the run and of the variant's
+LoggedModel (``tracking.create_variant_model``), whose metrics are linked to the run's datasets.
+The full MLflow model is logged later, for the winner only (see ``bnpipe.mlflow_edge.compare``).
+While the variant trains, MLflow samples the machine's CPU, memory, disk and network into the
+run's ``system/...`` metrics.
 """
 
 from __future__ import annotations
 
 import tempfile
+import threading
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -17,6 +21,52 @@ from bnpipe.core import train
 from bnpipe.core.train import TrainConfig
 from bnpipe.core.variants import Variant
 from bnpipe.mlflow_edge import tracking
+
+# Seconds between system-metrics samples (MLflow's default is 10, longer than many variants train).
+# MLflow's own settings win: MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL, and
+# MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING=false turns the sampling off.
+SYSTEM_METRICS_SECONDS = 5.0
+
+
+class SystemMetrics:
+    """MLflow's system-metrics monitor for one run: started on creation, ``stop`` and ``join`` end it.
+
+    This is the monitor ``mlflow.start_run(log_system_metrics=True)`` starts, given the run and the
+    tracking URI explicitly: ``start_run`` would make the run MLflow's process-wide active run and
+    pin the global tracking URI, which a warm trainer, serving jobs one after another with each
+    task's environment, must not keep. The monitor's thread samples with psutil (a dependency of
+    Airflow's) and logs through its own client.
+    """
+
+    def __init__(self, client, run_id: str):
+        from mlflow.environment_variables import MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING as enabled
+
+        self._client, self._monitor, self._stopping = client, None, None
+        if enabled.defined and not enabled.get():
+            return
+        from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+        t0 = time.perf_counter()
+        self._monitor = SystemMetricsMonitor(
+            run_id, sampling_interval=SYSTEM_METRICS_SECONDS, tracking_uri=client.tracking_uri
+        )
+        self._monitor.start()
+        client.seconds += time.perf_counter() - t0
+
+    def stop(self) -> None:
+        """Stop sampling. The monitor's last request (it reads the run once more) runs in a thread of
+        its own, alongside the variant's remaining work."""
+        if self._monitor is not None and self._stopping is None:
+            self._stopping = threading.Thread(target=self._monitor.finish, name="bnpipe-system-metrics-stop")
+            self._stopping.start()
+
+    def join(self) -> None:
+        """Stop and wait until the monitor's threads have ended, so none outlives the job; the wait is MLflow time."""
+        self.stop()
+        if self._stopping is not None:
+            t0 = time.perf_counter()
+            self._stopping.join()
+            self._client.seconds += time.perf_counter() - t0
 
 
 def train_and_log(
@@ -30,7 +80,7 @@ def train_and_log(
     stop=None,
     trainer: str = "task",
 ) -> dict:
-    """Train one variant in its own nested MLflow run. Returns ``{name, run_id, status, metrics}``.
+    """Train one variant in its own nested MLflow run. Returns ``{name, run_id, model_id, status, metrics, train_key}``.
 
     ``stop``: see ``train.fit``; ``bnpipe.operations.warm`` passes it, so a task that goes away stops its trainer.
     ``trainer`` (tag ``bnpipe.trainer``) says which process trained: ``task`` or ``warm pid <n>``.
@@ -54,20 +104,30 @@ def train_and_log(
             tracking.TAG + "trainer": trainer,
         },
     )
+    model_id, system = None, None
     try:
         params = {k: v for k, v in variant.to_dict().items() if k != "name"}
-        tracking.log_params(client, run_id, {**params, **{f"train.{k}": v for k, v in asdict(cfg).items()}})
-        tracking.log_dataset(client, run_id, snapshot)
+        params = {**params, **{f"train.{k}": v for k, v in asdict(cfg).items()}}
+        tracking.log_params(client, run_id, params)
+        datasets = tracking.log_datasets(client, run_id, snapshot, replicate=variant.seed)
+        model_id = tracking.create_variant_model(
+            client, experiment_id, run_id, variant.name, params,
+            {tracking.TAG + "variant": variant.name, tracking.TAG + "train_key": key,
+             tracking.TAG + "data_digest": snapshot["digest"], tracking.TAG + "parent_run_id": parent_run_id},
+        )  # fmt: skip
         pending: list = []  # instrumentation rows ride along with the epoch's metrics: one request per epoch
+        last: list = []  # the last epoch's row, step and timestamp: linked to the model at the end
 
         def log_epoch(step: int, row: dict) -> None:
             rows, pending[:] = [(row, step), *pending], []
-            tracking.log_metric_rows(client, run_id, rows)
+            last[:] = [(row, step, tracking.log_metric_rows(client, run_id, rows))]
 
+        system = SystemMetrics(client, run_id)
         t0 = time.perf_counter()
         model, history, diverged, extra = train.fit(
             variant, snapshot["path"], cfg, on_epoch=log_epoch, on_metrics=pending.extend, stop=stop
         )
+        system.stop()
         train_seconds = time.perf_counter() - t0
         final = {k: vs[-1] for k, vs in history.items() if vs}  # already logged per epoch
         summary = {"train_seconds": train_seconds, "epochs_run": len(history.get("loss", [])), **extra}
@@ -75,7 +135,10 @@ def train_and_log(
             final.update(val_accuracy=extra["val_accuracy_recalibrated"], val_loss=extra["val_loss_recalibrated"])
             summary.update(val_accuracy=final["val_accuracy"], val_loss=final["val_loss"])
         status = "diverged" if diverged else "ok"
-        if not diverged:
+        if diverged:
+            client.set_logged_model_tags(model_id, {tracking.TAG + "status": status})
+            tracking.finish_variant_model(client, run_id, model_id, summary["epochs_run"], None)
+        else:
             summary.update(train.evaluate(model, snapshot["path"], "test"))
             with tempfile.TemporaryDirectory() as tmp:
                 path = Path(tmp) / "model.keras"
@@ -83,19 +146,40 @@ def train_and_log(
                 model.save(path)
                 client.seconds += time.perf_counter() - t_save
                 client.log_artifact(run_id, str(path), artifact_path=str(Path(train.MODEL_ARTIFACT).parent))
+                tracking.finish_variant_model(client, run_id, model_id, summary["epochs_run"], str(path))
+        system.join()
         # MLflow's share of this variant: every client call so far and the model file (not the last few requests)
         summary["mlflow_seconds"] = client.seconds
         summary = {k: v for k, v in summary.items() if train.finite(v)}
-        tracking.log_metric_rows(client, run_id, [(summary, summary["epochs_run"]), *pending])
+        # the model's metrics: the summary's test metrics, and the last epoch's (sent again, same timestamp;
+        # one request per variant instead of one more per epoch) where the summary has no newer value
+        links = tracking.metric_links(model_id, datasets)
+        final_epoch = [
+            ({k: v for k, v in row.items() if k in links and k not in summary}, step, ts) for row, step, ts in last
+        ]
+        tracking.log_metric_rows(client, run_id, [(summary, summary["epochs_run"]), *pending, *final_epoch], links)
         metrics = {k: v for k, v in {**final, **summary}.items() if train.finite(v)}
         client.set_tag(run_id, tracking.TAG + "status", status)
         client.set_terminated(run_id, status="FINISHED")
     except train.Aborted as exc:
+        _model_failed(client, model_id)
         client.set_terminated(run_id, status=exc.status)
         raise
     except BaseException:
+        _model_failed(client, model_id)
         client.set_terminated(run_id, status="FAILED")
         raise
     finally:
+        if system is not None:
+            system.join()
         train.release_tf_memory()
-    return {"name": variant.name, "run_id": run_id, "status": status, "metrics": metrics, "train_key": key}
+    return {
+        "name": variant.name, "run_id": run_id, "model_id": model_id, "status": status, "metrics": metrics,
+        "train_key": key,
+    }  # fmt: skip
+
+
+def _model_failed(client, model_id: str | None) -> None:
+    """A variant whose training stopped: its LoggedModel (if it was created) is FAILED, unless already READY."""
+    if model_id is not None and client.get_logged_model(model_id).status == "PENDING":
+        client.finalize_logged_model(model_id, "FAILED")

@@ -34,33 +34,39 @@ class KerasClassifier(mlflow.pyfunc.PythonModel):
 
 
 def signature(snapshot: dict):
-    """Raw-input signature: named double columns for tables, a float32 tensor for images."""
-    import numpy as np
+    """Raw-input signature (``tracking.input_schema``: named double columns for tables, a float32 tensor
+    for images); the output is the class and its probabilities."""
     from mlflow.models import ModelSignature
-    from mlflow.types import ColSpec, Schema, TensorSpec
+    from mlflow.types import ColSpec, Schema
 
-    shape = snapshot["input_shape"]
-    if len(shape) == 1:
-        inputs = Schema([ColSpec("double", n) for n in snapshot["feature_names"]])
-    else:
-        inputs = Schema([TensorSpec(np.dtype("float32"), (-1, *shape))])
+    from bnpipe.mlflow_edge.tracking import input_schema
+
     outputs = Schema(
         [ColSpec("string", "predicted_class")] + [ColSpec("float", f"proba_{c}") for c in snapshot["classes"]]
     )
-    return ModelSignature(inputs=inputs, outputs=outputs)
+    return ModelSignature(inputs=input_schema(snapshot), outputs=outputs)
 
 
-def log_model(run_id: str, keras_path: str, snapshot: dict, tracking_uri: str) -> str:
-    """Log the pyfunc model into ``run_id``; returns its model URI."""
+def log_model(run_id: str, keras_path: str, snapshot: dict, tracking_uri: str, model_id: str | None = None) -> str:
+    """Log the pyfunc model as an output of ``run_id``; returns its model URI.
+
+    ``model_id``: the variant's LoggedModel (``tracking.create_variant_model``, already an output of
+    ``run_id``), which becomes this full model; logging it again writes the same files, so a retry
+    is harmless. Without it, a new LoggedModel is created in ``run_id``, resumed for the purpose.
+    """
+    import contextlib
     from importlib.metadata import version
     from pathlib import Path
 
     import mlflow
 
     mlflow.set_tracking_uri(tracking_uri)
-    with mlflow.start_run(run_id=run_id):
+    # Logged inside the run, MLflow would link the model to it as an output a second time, which
+    # the store refuses; the variant's LoggedModel already names its run.
+    with mlflow.start_run(run_id=run_id) if model_id is None else contextlib.nullcontext():
         info = mlflow.pyfunc.log_model(
             name="registered_model",
+            model_id=model_id,
             python_model=KerasClassifier(snapshot["classes"]),
             artifacts={"keras_model": keras_path},
             signature=signature(snapshot),

@@ -5,6 +5,10 @@
 - One nested run per variant. A retried training task replaces its earlier run: the earlier one
   is ended as KILLED and soft-deleted (restorable in the MLflow UI), so each variant keeps
   exactly one active run per DAG run.
+- Each run's dataset inputs are the snapshot's splits, ``<dataset>/train``, ``/val`` and ``/test``
+  (contexts training, validation, test), with the snapshot's digest.
+- Each variant run has one LoggedModel (MLflow 3's model object), its metrics linked to those
+  datasets; a retry's earlier attempt loses its model with its run.
 
 Everything goes through ``MlflowClient`` with an explicit run id: parallel tasks share no
 global "active run" state.
@@ -85,9 +89,19 @@ class Timed:
         return timed
 
 
-# MLflow 3's UI opens an experiment by its kind; without it a training experiment opens on the
-# GenAI pages (traces, "Detect issues"). This value makes it open on the training runs.
+# The experiment's kind, as MLflow 3 records it ("custom_model_development": machine learning, not GenAI).
+# MLflow 3.17's UI no longer opens an experiment by it: the view follows a switch per browser (GenAI or
+# Model training, stored in the browser, GenAI unless changed) or the page's query ``workflowType``.
+# A bare #/experiments/<id> therefore opens on the GenAI overview ("Detect issues"); bnpipe's links carry
+# UI_QUERY, so they open on the training runs (``ui_page``).
 EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
+UI_QUERY = "workflowType=machine_learning"
+
+
+def ui_page(experiment_id: str, run_id: str | None = None) -> str:
+    """The MLflow UI's page (the part after the server's address) of an experiment, or of one of its
+    runs, in the UI's Model training view: ``#/experiments/<id>[/runs/<run_id>]?workflowType=machine_learning``."""
+    return f"#/experiments/{experiment_id}" + (f"/runs/{run_id}" if run_id else "") + "?" + UI_QUERY
 
 
 def ensure_experiment(client, name: str | None = None) -> str:
@@ -113,7 +127,11 @@ def ensure_experiment(client, name: str | None = None) -> str:
         return ensure_experiment(client, name)
 
 
-def _find_runs(client, experiment_id: str, tags: dict, include_deleted: bool = False) -> list:
+def find_runs(client, experiment_id: str, tags: dict, include_deleted: bool = False) -> list:
+    """The runs of ``experiment_id`` carrying every tag of ``tags`` (``{key: value}``), newest first.
+
+    ``include_deleted`` adds the soft-deleted runs (a retried variant's earlier attempts).
+    """
     from mlflow.entities import ViewType
 
     flt = " and ".join(f"tags.`{k}` = '{v}'" for k, v in tags.items())
@@ -124,7 +142,7 @@ def _find_runs(client, experiment_id: str, tags: dict, include_deleted: bool = F
 def start_parent_run(client, experiment_id: str, dag_id: str, dag_run_id: str, link: str, params: dict) -> str:
     """The DAG run's parent run, created on first call and reused afterwards."""
     key = {TAG + "dag_id": dag_id, TAG + "dag_run_id": dag_run_id, TAG + "role": PARENT}
-    found = _find_runs(client, experiment_id, key)
+    found = find_runs(client, experiment_id, key)
     if found:
         run_id = found[0].info.run_id
         client.update_run(run_id, status="RUNNING")
@@ -135,25 +153,128 @@ def start_parent_run(client, experiment_id: str, dag_id: str, dag_run_id: str, l
     return run.info.run_id
 
 
+def _param_value(v) -> str:
+    return json.dumps(v) if isinstance(v, dict | list) else str(v)
+
+
 def log_params(client, run_id: str, params: dict) -> None:
     from mlflow.entities import Param
 
-    items = [Param(k, json.dumps(v) if isinstance(v, dict | list) else str(v)) for k, v in params.items()]
+    items = [Param(k, _param_value(v)) for k, v in params.items()]
     for i in range(0, len(items), 100):
         client.log_batch(run_id, params=items[i : i + 100])
 
 
-def log_dataset(client, run_id: str, snapshot: dict, context: str = "training") -> None:
-    """Record the snapshot as the run's dataset input, with its digest."""
-    from mlflow.data.dataset_source_registry import resolve_dataset_source
+# The snapshot's splits as MLflow datasets: the split's file name -> the context a run records it under
+SPLIT_CONTEXTS = {"train": "training", "val": "validation", "test": "test"}
+
+
+def input_schema(snapshot: dict):
+    """The raw model input as an MLflow schema: named double columns for tables, a float32 tensor for images."""
+    import numpy as np
+    from mlflow.types import ColSpec, Schema, TensorSpec
+
+    shape = snapshot["input_shape"]
+    if len(shape) == 1:
+        return Schema([ColSpec("double", n) for n in snapshot["feature_names"]])
+    return Schema([TensorSpec(np.dtype("float32"), (-1, *shape))])
+
+
+def split_datasets(snapshot: dict) -> dict:
+    """The snapshot's splits as MLflow datasets by context, named ``<dataset>/<split>``.
+
+    Metadata only (``MetaDataset``: no data is read): the source is the snapshot's folder, the
+    digest the snapshot's content digest, the schema its raw inputs.
+    """
     from mlflow.data.meta_dataset import MetaDataset
-    from mlflow.entities import InputTag
+    from mlflow.data.sources import LocalArtifactDatasetSource
 
-    ds = MetaDataset(resolve_dataset_source(snapshot["path"]), name=snapshot["dataset"], digest=snapshot["digest"])
-    tag = InputTag(key="mlflow.data.context", value=context)
-    from mlflow.entities import DatasetInput
+    source, schema = LocalArtifactDatasetSource(snapshot["path"]), input_schema(snapshot)
+    return {
+        context: MetaDataset(source, name=f"{snapshot['dataset']}/{split}", digest=snapshot["digest"], schema=schema)
+        for split, context in SPLIT_CONTEXTS.items()
+    }
 
-    client.log_inputs(run_id, datasets=[DatasetInput(ds._to_mlflow_entity(), tags=[tag])])
+
+def dataset_input(dataset, context: str, tags: dict | None = None, rows: int | None = None):
+    """``dataset`` (an ``mlflow.data`` dataset) as a run input under ``context``; ``rows`` goes in its profile.
+
+    What ``mlflow.log_input`` builds, for ``MlflowClient.log_inputs``: bnpipe logs through a client
+    and an explicit run id, never MLflow's global active run.
+    """
+    from mlflow.entities import Dataset, DatasetInput, InputTag
+    from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
+
+    fields = dataset.to_dict()
+    if rows is not None and not fields.get("profile"):
+        fields["profile"] = json.dumps({"num_rows": int(rows)})
+    tags = [InputTag(k, str(v)) for k, v in (tags or {}).items()] + [InputTag(MLFLOW_DATASET_CONTEXT, context)]
+    return DatasetInput(Dataset(**fields), tags=tags)
+
+
+def log_datasets(client, run_id: str, snapshot: dict, replicate: int | None = None) -> dict:
+    """Record the snapshot's splits as the run's dataset inputs (contexts training, validation, test).
+
+    ``replicate``: the seed whose own re-split of the pooled train and validation rows the run
+    trained on (``snapshots.replicate_split``), tagged ``bnpipe.replicate`` on those two inputs.
+    Returns the datasets by context.
+    """
+    datasets = split_datasets(snapshot)
+    rows = {"training": snapshot.get("n_train"), "validation": snapshot.get("n_val"), "test": snapshot.get("n_test")}
+    replicated = {TAG + "replicate": replicate} if replicate is not None else None
+    inputs = [
+        dataset_input(ds, context, replicated if context != "test" else None, rows[context])
+        for context, ds in datasets.items()
+    ]
+    client.log_inputs(run_id, datasets=inputs)
+    return datasets
+
+
+# --- the variant's model: an MLflow 3 LoggedModel -------------------------------------------------
+# Every variant's run owns one LoggedModel (the MLflow UI's Models view lists them all): created
+# PENDING before training, linked to its run as an output, holding the compact model.keras, READY
+# when saved and FAILED when training diverged or failed. Only the winner's becomes a full pyfunc
+# model (``serving.log_model``, called by compare); the rest stay cheap (a few requests each).
+MODEL_TYPE = "keras-classifier"
+# The metrics that describe the model, by the dataset context they were measured on
+MODEL_METRICS = {"training": ("loss", "accuracy"), "validation": ("val_loss", "val_accuracy"),
+                 "test": ("test_loss", "test_accuracy")}  # fmt: skip
+
+
+def create_variant_model(client, experiment_id: str, run_id: str, name: str, params: dict, tags: dict) -> str:
+    """A PENDING LoggedModel for the variant trained in ``run_id``; returns its id."""
+    params = {k: _param_value(v) for k, v in params.items()}
+    tags = {k: str(v) for k, v in tags.items()}
+    model = client.create_logged_model(
+        experiment_id, name=name, source_run_id=run_id, tags=tags, params=params, model_type=MODEL_TYPE
+    )
+    return model.model_id
+
+
+def metric_links(model_id: str, datasets: dict) -> dict:
+    """``{metric: (model_id, dataset name, dataset digest)}`` for ``log_metric_rows``: which metrics
+    are the model's, and on which of the run's datasets (``log_datasets``) each was measured."""
+    return {
+        key: (model_id, datasets[context].name, datasets[context].digest)
+        for context, keys in MODEL_METRICS.items()
+        for key in keys
+    }
+
+
+def finish_variant_model(client, run_id: str, model_id: str, step: int, keras_path: str | None) -> None:
+    """Link the model to its run as an output at ``step``; with ``keras_path`` (the saved model) it gets
+    that file and becomes READY, without it (training diverged) FAILED."""
+    from mlflow.entities import LoggedModelOutput
+
+    if keras_path is not None:
+        client.log_model_artifact(model_id, keras_path)
+    client.log_outputs(run_id, [LoggedModelOutput(model_id, step=int(step))])
+    client.finalize_logged_model(model_id, "READY" if keras_path is not None else "FAILED")
+
+
+def variant_models(client, experiment_id: str, run_id: str) -> list:
+    """The LoggedModels whose source is ``run_id``."""
+    return list(client.search_logged_models([experiment_id], filter_string=f"source_run_id = '{run_id}'"))
 
 
 def start_variant_run(
@@ -161,11 +282,13 @@ def start_variant_run(
 ) -> str:
     """A fresh nested run for this attempt; earlier attempts' runs are KILLED and soft-deleted."""
     key = {TAG + "parent_run_id": parent_run_id, TAG + "variant": variant["name"]}
-    for old in _find_runs(client, experiment_id, key):
+    for old in find_runs(client, experiment_id, key):
         if old.info.status in ("RUNNING", "SCHEDULED"):
             client.set_terminated(old.info.run_id, status="KILLED")
         client.set_tag(old.info.run_id, TAG + "superseded_by_try", str(try_number))
         client.delete_run(old.info.run_id)
+        for model in variant_models(client, experiment_id, old.info.run_id):  # soft-deleted with its run
+            client.delete_logged_model(model.model_id)
     tags = {
         **key,
         **extra_tags,
@@ -191,7 +314,7 @@ def log_metrics(client, run_id: str, metrics: dict, step: int = 0) -> None:
 def variant_runs(client, parent_run_id: str) -> list:
     """The active variant runs under a parent run."""
     parent = client.get_run(parent_run_id)
-    return _find_runs(client, parent.info.experiment_id, {TAG + "parent_run_id": parent_run_id})
+    return find_runs(client, parent.info.experiment_id, {TAG + "parent_run_id": parent_run_id})
 
 
 def model_name(dataset: str) -> str:
@@ -207,11 +330,11 @@ def start_dag_run(params: dict, dag_id: str, dag_run_id: str, link: str) -> dict
 
 
 def record_snapshot(parent_run_id: str, snapshot: dict) -> None:
-    """Tag the parent run with the snapshot and log it as the run's dataset input."""
+    """Tag the parent run with the snapshot and log its splits as the run's dataset inputs."""
     client = connect()
     client.set_tag(parent_run_id, TAG + "data_digest", snapshot["digest"])
     client.set_tag(parent_run_id, TAG + "dataset", snapshot["dataset"])
-    log_dataset(client, parent_run_id, snapshot)
+    log_datasets(client, parent_run_id, snapshot)
 
 
 def close_dag_run(parent_run_id: str) -> dict:
@@ -242,11 +365,23 @@ def fail_parent(parent_run_id: str, reason: str) -> None:
     client.set_terminated(parent_run_id, status="FAILED")
 
 
-def log_metric_rows(client, run_id: str, rows: list[tuple[dict, int]]) -> None:
-    """Metrics taken at several steps, ``[(metrics, step), ...]``, in as few requests as possible."""
+def log_metric_rows(client, run_id: str, rows: list[tuple], links: dict | None = None) -> int:
+    """Metrics taken at several steps, ``[(metrics, step), ...]``, in as few requests as possible.
+    Returns the timestamp (ms) given to rows without one of their own (``(metrics, step, timestamp)``).
+
+    ``links`` (``metric_links``): the metrics that are also a LoggedModel's, each with its dataset.
+    A row sent again with its first timestamp and ``links`` links metrics already logged to the
+    model: the store keeps one copy in the run's history (what MLflow's ``log_model`` does).
+    """
     from mlflow.entities import Metric
 
-    now = int(time.time() * 1000)
-    items = [Metric(k, float(v), now, int(step)) for row, step in rows for k, v in row.items() if v is not None]
+    now, links = int(time.time() * 1000), links or {}
+    items = [
+        Metric(k, float(v), stamp[0] if stamp else now, int(step), *links.get(k, ()))
+        for row, step, *stamp in rows
+        for k, v in row.items()
+        if v is not None
+    ]
     for i in range(0, len(items), 1000):
         client.log_batch(run_id, metrics=items[i : i + 1000])
+    return now

@@ -21,7 +21,8 @@ import sys
 from pathlib import Path
 
 from bnpipe.base import procs, settings
-from bnpipe.operations import params
+from bnpipe.mlflow_edge.summary import RunSummary
+from bnpipe.operations import airflow_env, params
 
 DAG_ID = "bnpipe_experiment"
 
@@ -57,17 +58,13 @@ def embedded_env() -> dict:
     """The embedded setup's environment: its AIRFLOW_* values replace the shell's; BNPIPE_HOME,
     MLFLOW_TRACKING_URI and TF_CPP_MIN_LOG_LEVEL are defaults that the shell's values override."""
     home = settings.home()
-    return {
-        "BNPIPE_HOME": str(home),
-        "AIRFLOW_HOME": str(home / "airflow"),
-        "AIRFLOW__CORE__DAGS_FOLDER": str(settings.repo_dir("dags")),
-        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-        "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
-        "AIRFLOW__CORE__PARALLELISM": str(max(2, os.cpu_count() or 2)),
-        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home / 'airflow' / 'airflow.db'}",
-        "MLFLOW_TRACKING_URI": settings.tracking_uri(),
-        "TF_CPP_MIN_LOG_LEVEL": "2",
-    }
+    return airflow_env.airflow_env(
+        home=home,
+        airflow_home=home / "airflow",
+        db_url=f"sqlite:///{home / 'airflow' / 'airflow.db'}",
+        executor="LocalExecutor",
+        tracking_uri=settings.tracking_uri(),
+    )
 
 
 def _from_shell_dropped(name: str) -> bool:
@@ -188,8 +185,8 @@ def execution_api(timeout: float = 120.0):
     import urllib.request
 
     port = procs.free_port()
-    os.environ.setdefault("AIRFLOW__API_AUTH__JWT_SECRET", secrets.token_hex(32))
-    os.environ["AIRFLOW__CORE__EXECUTION_API_SERVER_URL"] = f"http://127.0.0.1:{port}/execution/"
+    jwt_secret = os.environ.setdefault("AIRFLOW__API_AUTH__JWT_SECRET", secrets.token_hex(32))
+    os.environ.update(airflow_env.execution_api(port, jwt_secret))
     log_dir = Path(os.environ["AIRFLOW_HOME"]) / "logs"
     cmd = [sys.executable, "-m", "airflow", "api-server", "--host", "127.0.0.1", "--port", str(port)]
     proc = procs.spawn(cmd, log_dir / "api-server.log", dict(os.environ))
@@ -253,9 +250,9 @@ def dag_run_id(run_after) -> str:
     return DagRun.generate_run_id(run_type=DagRunType.MANUAL, logical_date=run_after, run_after=run_after)
 
 
-def summary_for(dag_run_id: str) -> dict | None:
+def summary_for(dag_run_id: str) -> RunSummary | None:
     """The run summary, read back from MLflow by the DAG run's id."""
-    from bnpipe.reporting.report import load_summary
+    from bnpipe.reporting.summaries import load_summary
 
     return load_summary(dag_id=DAG_ID, dag_run_id=dag_run_id)
 
@@ -317,15 +314,15 @@ def _watcher(conf: dict, run_id: str, out, verbose: bool):
     return progress.Watcher(read, view, planned, conf["epochs"], read_errors=errors)
 
 
-def where_to_look(summary: dict) -> list[str]:
+def where_to_look(summary: RunSummary) -> list[str]:
     """Where the rest is: the claims report's artifact path and how to open the MLflow UI."""
     from bnpipe.mlflow_edge import tracking
     from bnpipe.reporting import report
 
     client = tracking.connect()
-    parent = client.get_run(summary["parent_run_id"])
+    parent = client.get_run(summary.parent_run_id)
     uri = settings.tracking_uri()
-    page = f"#/experiments/{summary['experiment_id']}/runs/{summary['parent_run_id']}"
+    page = tracking.ui_page(summary.experiment_id, summary.parent_run_id)
     artifacts = parent.info.artifact_uri
     if artifacts.startswith("file://"):  # a local store: a path one can open
         from urllib.parse import unquote, urlsplit
@@ -359,15 +356,16 @@ def read_verdicts(parent_run_id: str) -> list[dict] | None:
         return json.loads(Path(path).read_text()).get("claims")
 
 
-def closing_summary(summary: dict, top: int = 5) -> str:
-    """What `bnpipe run` and `bnpipe runs show` print at the end; everything read from MLflow."""
-    from bnpipe.reporting.report import summary_text
+def closing_summary(summary: RunSummary, top: int = 5) -> str:
+    """What `bnpipe run` and `bnpipe runs show` print at the end: the ranked table and the champion,
+    one sentence per claim and where to look next; everything read from MLflow."""
+    from bnpipe.reporting import report, summaries
 
-    verdicts = read_verdicts(summary["parent_run_id"])
+    verdicts = read_verdicts(summary.parent_run_id)
     where = where_to_look(summary)
     if verdicts is None:
         where.insert(0, "No claims report on this run; `bnpipe report <run id> --log` rebuilds it.")
-    return summary_text(summary, top=top, verdicts=verdicts, where=where)
+    return summaries.text(summary, top=top, tail=[report.verdict_text(verdicts or []), "\n".join(where)])
 
 
 def cmd_run(args) -> int:
@@ -375,6 +373,11 @@ def cmd_run(args) -> int:
         conf = params.validate(_conf_from_args(args))
     except (params.ParamError, json.JSONDecodeError) as exc:
         print(f"bnpipe run: {exc}", file=sys.stderr)
+        return 2
+    if conf["approval"] == "required":  # dag.test() would wait for an answer nobody can give here
+        print("bnpipe run: approval=required needs a person to answer in the Airflow UI, which bnpipe run does "
+              "not start; use the stack (`make up`) and trigger the run there, or leave approval at auto",
+              file=sys.stderr)  # fmt: skip
         return 2
     from datetime import UTC, datetime
 
@@ -402,7 +405,7 @@ def cmd_run(args) -> int:
             return 1
     try:
         summary = summary_for(dr.run_id)
-        text = closing_summary(summary) if summary and summary.get("table") else None
+        text = closing_summary(summary) if summary and summary.variants else None
     except TrackingError as exc:
         print(f"bnpipe run: DAG run {dr.run_id} ended {dr.state}; {exc}", file=sys.stderr)
         return 1
@@ -410,10 +413,10 @@ def cmd_run(args) -> int:
     if text:
         print("\n" + text)
     if args.summary_json and summary:
-        Path(args.summary_json).write_text(json.dumps(summary, indent=2, default=str))
+        Path(args.summary_json).write_text(json.dumps(summary.to_dict(), indent=2, default=str))
     if state != "success":
         logs = f"Airflow's logs in {_shown_path(log_path)}" if log_path else "the task logs above"
-        reason = (summary or {}).get("failure") or f"see {logs}"
+        reason = (summary.failure if summary else None) or f"see {logs}"
         print(f"bnpipe run: DAG run {dr.run_id} ended {state}: {reason}", file=sys.stderr)
         return 1
     return 0
@@ -423,7 +426,7 @@ def cmd_runs_show(args) -> int:
     """The closing summary of a past run (`make up`, the REST API, or `bnpipe run`), from MLflow alone."""
     _enter_embedded("bnpipe runs show")
     from bnpipe.mlflow_edge.tracking import TrackingError
-    from bnpipe.reporting.report import resolve_summary
+    from bnpipe.reporting.summaries import resolve_summary
 
     try:
         summary = resolve_summary(args.run_id)
@@ -432,12 +435,12 @@ def cmd_runs_show(args) -> int:
             print(f"bnpipe runs show: no bnpipe run {args.run_id!r} in MLflow at {where}; give a DAG run id or an "
                   "MLflow parent run id (see `mlflow ui`, experiment bnpipe)", file=sys.stderr)  # fmt: skip
             return 1
-        if not summary.get("table"):
-            message = f"run {args.run_id} has no variant runs yet (parent run {summary['status']})"
+        if not summary.variants:
+            message = f"run {args.run_id} has no variant runs yet (parent run {summary.status})"
             print(f"bnpipe runs show: {message}", file=sys.stderr)
             return 1
-        ids = f"DAG run {summary.get('dag_run_id')}, MLflow parent run {summary['parent_run_id']}"
-        print(f"{ids} ({summary['status']})")
+        ids = f"DAG run {summary.dag_run_id}, MLflow parent run {summary.parent_run_id}"
+        print(f"{ids} ({summary.status})")
         print(closing_summary(summary, top=args.top))
     except TrackingError as exc:
         print(f"bnpipe runs show: {exc}", file=sys.stderr)
@@ -455,7 +458,7 @@ def _enter_embedded(prog: str) -> None:
 def cmd_score(args) -> int:
     """Score a file once with the champion: the same code as the scoring DAG's task."""
     _enter_embedded("bnpipe score")
-    from bnpipe.core.data import DataError
+    from bnpipe.core.validation import DataError
     from bnpipe.mlflow_edge import score
     from bnpipe.mlflow_edge.tracking import TrackingError
 

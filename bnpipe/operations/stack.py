@@ -3,9 +3,12 @@ and an MLflow tracking server, each a process of its own on 127.0.0.1.
 
 ``python -m bnpipe.operations.stack up`` (``make up``) starts it under ``$BNPIPE_HOME/stack`` and prints the
 URLs and the login; ``down`` (``make down``) stops exactly the processes it recorded; ``status``
-shows what runs. Tests and benchmarks use :class:`Stack` directly, with their own root and ports.
+shows what runs. Tests and benchmarks use :class:`Stack` directly, with their own root and ports,
+and talk to its Airflow through :attr:`Stack.client` (:mod:`bnpipe.operations.airflow_api`).
 
-Only the standard library and subprocesses: this module imports neither Airflow nor TensorFlow.
+This module supervises: the components' environment comes from :mod:`bnpipe.operations.airflow_env`,
+their processes are started, recorded and stopped by :mod:`bnpipe.base.procs`. Only the standard
+library and subprocesses: it imports neither Airflow nor TensorFlow.
 
 Layout under ``root``::
 
@@ -25,47 +28,22 @@ import secrets
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.parse
-import urllib.request
 from pathlib import Path
 
 from bnpipe.base import procs, settings
 from bnpipe.base.procs import HOST, free_port, port_is_free
+from bnpipe.operations.airflow_api import AirflowClient, ApiError, http
+from bnpipe.operations.airflow_env import Services, airflow_env
 
 COMPONENTS = ("mlflow", "api-server", "scheduler", "dag-processor", "triggerer")
 EXPERIMENT_DAG = "bnpipe_experiment"
 INBOX_DAG = "bnpipe_on_new_data"
-FINAL_STATES = ("success", "failed")
 # Airflow's api-server health reports these components by these names.
 _HEALTH_KEYS = {"scheduler": "scheduler", "dag-processor": "dag_processor", "triggerer": "triggerer"}
 
 
 class StackError(RuntimeError):
-    """A component did not start, or the Airflow REST API refused a request."""
-
-    def __init__(self, message: str, status: int | None = None, body: object = None):
-        super().__init__(message)
-        self.status, self.body = status, body
-
-
-def _http(method: str, url: str, body: dict | None = None, headers: dict | None = None, timeout: float = 30):
-    """(status, parsed JSON or text) of one request; HTTP errors are returned, not raised."""
-    data = json.dumps(body).encode() if body is not None else None
-    req = urllib.request.Request(url, data=data, method=method, headers={**(headers or {})})
-    if data is not None:
-        req.add_header("Content-Type", "application/json")
-    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # loopback: never via a proxy
-    try:
-        with opener.open(req, timeout=timeout) as resp:
-            status, raw = resp.status, resp.read()
-    except urllib.error.HTTPError as exc:
-        status, raw = exc.code, exc.read()
-    text = raw.decode(errors="replace")
-    try:
-        return status, json.loads(text) if text else None
-    except json.JSONDecodeError:
-        return status, text
+    """A component did not start, did not become healthy, or has no login yet."""
 
 
 class Stack:
@@ -108,50 +86,30 @@ class Stack:
         self.mlflow_backend_uri = mlflow_backend_uri or f"sqlite:///{self.mlflow_dir / 'mlflow.db'}"
         self.executor = executor
         self._procs: dict[str, subprocess.Popen] = {}
-        self._token: str | None = None
+        self._client: AirflowClient | None = None
 
+        # the shell's Airflow and MLflow settings would steer the components: they get the stack's own
         inherited = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW__", "AIRFLOW_HOME", "MLFLOW_"))}
-        venv_bin = str(Path(sys.executable).parent)
-        env = {
+        services = Services(
+            api_port=self.airflow_port, jwt_secret=self.jwt_secret, username=username,
+            password_file=self.password_file, mlflow_ui_url=self.mlflow_url,
+            celery_broker_url=celery_broker_url, celery_result_backend=celery_result_backend,
+        )  # fmt: skip
+        self.env: dict = {
             **inherited,
-            "PATH": venv_bin + os.pathsep + inherited.get("PATH", ""),
+            "PATH": str(Path(sys.executable).parent) + os.pathsep + inherited.get("PATH", ""),
             "NO_PROXY": ",".join(filter(None, [inherited.get("NO_PROXY"), HOST, "localhost"])),
             "no_proxy": ",".join(filter(None, [inherited.get("no_proxy"), HOST, "localhost"])),
-            "BNPIPE_HOME": inherited.get("BNPIPE_HOME") or str(settings.home()),
-            "AIRFLOW_HOME": str(self.airflow_home),
-            "AIRFLOW__CORE__DAGS_FOLDER": str(settings.repo_dir("dags")),
-            "AIRFLOW__CORE__PLUGINS_FOLDER": str(settings.repo_dir("plugins")),
-            "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-            "AIRFLOW__CORE__EXECUTOR": executor,
-            "AIRFLOW__CORE__PARALLELISM": str(max(4, 2 * (os.cpu_count() or 2))),
-            "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "True",
-            "AIRFLOW__CORE__AUTH_MANAGER": (
-                "airflow.api_fastapi.auth.managers.simple.simple_auth_manager.SimpleAuthManager"
+            **airflow_env(
+                home=settings.home(),
+                airflow_home=self.airflow_home,
+                db_url=sql_alchemy_conn or f"sqlite:///{self.airflow_home / 'airflow.db'}",
+                executor=executor,
+                tracking_uri=self.mlflow_url,
+                services=services,
             ),
-            "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": f"{username}:admin",
-            "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(self.password_file),
-            "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"{self.airflow_url}/execution/",
-            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": sql_alchemy_conn or f"sqlite:///{self.airflow_home / 'airflow.db'}",
-            "AIRFLOW__API__HOST": HOST,
-            "AIRFLOW__API__PORT": str(self.airflow_port),
-            "AIRFLOW__API__BASE_URL": self.airflow_url,
-            "AIRFLOW__API__WORKERS": "1",
-            "AIRFLOW__API_AUTH__JWT_SECRET": self.jwt_secret,
-            "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "30",
-            "AIRFLOW__SCHEDULER__ENABLE_HEALTH_CHECK": "False",
-            # the scheduler's nap when a loop found nothing to do (default 1 s): each task of a run
-            # waits up to that long to be scheduled after its upstream ends; 0.2 s cut a DAG run's wall time
-            "AIRFLOW__SCHEDULER__SCHEDULER_IDLE_SLEEP_TIME": "0.2",
-            "MLFLOW_TRACKING_URI": self.mlflow_url,
-            "BNPIPE_MLFLOW_UI_URL": self.mlflow_url,
-            "TF_CPP_MIN_LOG_LEVEL": "2",
+            **{k: str(v) for k, v in (extra_env or {}).items()},
         }
-        if celery_broker_url:
-            env["AIRFLOW__CELERY__BROKER_URL"] = celery_broker_url
-        if celery_result_backend:
-            env["AIRFLOW__CELERY__RESULT_BACKEND"] = celery_result_backend
-        env.update({k: str(v) for k, v in (extra_env or {}).items()})
-        self.env: dict = env
 
     # ----------------------------------------------------------------- login
     @property
@@ -162,6 +120,13 @@ class Stack:
         if self._password is None:
             raise StackError(f"no password for {self.username!r} yet in {self.password_file}")
         return self._password
+
+    @property
+    def client(self) -> AirflowClient:
+        """Airflow's REST API on this stack, logged in as its user."""
+        if self._client is None:
+            self._client = AirflowClient(self.airflow_url, self.username, self.password)
+        return self._client
 
     def _seed_password(self) -> None:
         """Write the password file before the api-server starts, so the login is known up front."""
@@ -199,12 +164,13 @@ class Stack:
         procs.write_record(self._pid_file(name), procs.record(proc.pid, cmd))
         return proc.pid
 
-    def _record(self, name: str) -> dict | None:
+    def record_of(self, name: str) -> dict | None:
+        """The PID record of component ``name`` (``{pid, start_ticks, cmd}``), None if there is none."""
         return procs.read_record(self._pid_file(name))
 
     def alive(self, name: str) -> bool:
         """Is the recorded process of ``name`` still the one we started?"""
-        return procs.alive(self._record(name))
+        return procs.alive(self.record_of(name))
 
     def recorded(self) -> list[str]:
         return sorted(p.stem for p in self.run_dir.glob("*.pid")) if self.run_dir.is_dir() else []
@@ -250,7 +216,10 @@ class Stack:
                 self._spawn(name, commands[name])
             self.wait_healthy(components, deadline)
             for dag_id in unpause:
-                self.unpause(dag_id, deadline)
+                try:
+                    self.client.unpause(dag_id, deadline)
+                except ApiError as exc:
+                    raise StackError(f"{exc}\n{self.log_tail('dag-processor')}") from exc
         except BaseException:
             self.stop()
             raise
@@ -281,7 +250,7 @@ class Stack:
         """Airflow's health report plus ``mlflow``: {component: "healthy" | other}."""
         out = {}
         try:
-            status, body = _http("GET", f"{self.airflow_url}/api/v2/monitor/health", timeout=5)
+            status, body = http("GET", f"{self.airflow_url}/api/v2/monitor/health", timeout=5)
             if status == 200 and isinstance(body, dict):
                 out["api-server"] = "healthy"
                 out["metadatabase"] = body.get("metadatabase", {}).get("status")
@@ -290,7 +259,7 @@ class Stack:
         except OSError:
             out["api-server"] = "down"
         try:
-            status, body = _http("GET", f"{self.mlflow_url}/health", timeout=5)
+            status, body = http("GET", f"{self.mlflow_url}/health", timeout=5)
             out["mlflow"] = "healthy" if status == 200 else f"HTTP {status}"
         except OSError:
             out["mlflow"] = "down"
@@ -317,67 +286,12 @@ class Stack:
         order = list(reversed(COMPONENTS))
         names = sorted(self.recorded(), key=lambda n: order.index(n) if n in order else -1)
         for name in names:
-            procs.terminate(self._record(name))  # its process group, if it is still the one we started
+            procs.terminate(self.record_of(name))  # its process group, if it is still the one we started
             proc = self._procs.pop(name, None)
             if proc is not None:
                 proc.wait(timeout=30)
             self._pid_file(name).unlink(missing_ok=True)
         warm.stop_all(Path(self.env["BNPIPE_HOME"]))
-
-    # ------------------------------------------------------------ REST API
-    def token(self, username: str | None = None, password: str | None = None) -> str:
-        """A JWT from ``POST /auth/token``."""
-        status, body = _http(
-            "POST", f"{self.airflow_url}/auth/token",
-            {"username": username or self.username, "password": password or self.password},
-        )  # fmt: skip
-        if status not in (200, 201) or not isinstance(body, dict) or "access_token" not in body:
-            raise StackError(f"POST /auth/token answered {status}: {body}", status, body)
-        return body["access_token"]
-
-    def api(self, method: str, path: str, json=None) -> dict:
-        """``/api/v2{path}`` with a Bearer token; raises :class:`StackError` on HTTP >= 400."""
-        if self._token is None:
-            self._token = self.token()
-        url = f"{self.airflow_url}/api/v2/{path.lstrip('/')}"
-        status, body = _http(method, url, json, {"Authorization": f"Bearer {self._token}"})
-        if status == 401:  # expired: one fresh token
-            self._token = self.token()
-            status, body = _http(method, url, json, {"Authorization": f"Bearer {self._token}"})
-        if status >= 400:
-            raise StackError(f"{method} {path} answered {status}: {body}", status, body)
-        return body if body is not None else {}
-
-    def unpause(self, dag_id: str, deadline: float | None = None) -> None:
-        """Wait until the dag-processor stored ``dag_id``, then unpause it."""
-        deadline = deadline or time.monotonic() + 180
-        while True:
-            try:
-                self.api("PATCH", f"/dags/{dag_id}", {"is_paused": False})
-                return
-            except StackError as exc:
-                if exc.status != 404 or time.monotonic() > deadline:
-                    raise StackError(
-                        f"{dag_id} could not be unpaused: {exc}\n{self.log_tail('dag-processor')}", exc.status
-                    ) from exc
-            time.sleep(1)
-
-    def trigger(self, dag_id: str, conf: dict) -> str:
-        """Start a manual DAG run with ``conf``; returns its dag_run_id."""
-        body = self.api("POST", f"/dags/{dag_id}/dagRuns", {"logical_date": None, "conf": conf})
-        return body["dag_run_id"]
-
-    def wait_for_run(self, dag_id: str, run_id: str, timeout: float = 600) -> str:
-        """Poll the DAG run until it ends; returns its final state ("success" or "failed")."""
-        deadline = time.monotonic() + timeout
-        path = f"/dags/{dag_id}/dagRuns/{urllib.parse.quote(run_id, safe='')}"
-        while True:
-            state = self.api("GET", path)["state"]
-            if state in FINAL_STATES:
-                return state
-            if time.monotonic() > deadline:
-                raise StackError(f"{dag_id} run {run_id} still {state} after {timeout:.0f} s")
-            time.sleep(2)
 
     # ------------------------------------------------------------- context
     def __enter__(self) -> Stack:

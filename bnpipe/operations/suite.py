@@ -142,16 +142,16 @@ def run_table(table: Table, seeds: int, epochs: int, out: Path, grid: str = "tab
                 shutil.copy(f, out / f.name)
     (out / "run.log").unlink()
     summary_path.unlink()
-    return {"parent_run_id": summary["parent_run_id"], "dag_run_id": built["summary"].get("dag_run_id")}
+    return {"parent_run_id": summary["parent_run_id"], "dag_run_id": built["summary"].dag_run_id}
 
 
 def table_facts(table: Table) -> dict:
     """Rows, features, classes, training rows and the raw scale statistics of the training split."""
-    from bnpipe.core import data
+    from bnpipe.core import snapshots
     from bnpipe.operations import params
 
-    snap = data.ingest(params.ingest_request(params.validate(table.params())))
-    X, _ = data.load_split(snap["path"], "train")
+    snap = snapshots.ingest(params.ingest_request(params.validate(table.params())))
+    X, _ = snapshots.load_split(snap["path"], "train")
     return {"rows": snap["n_train"] + snap["n_val"] + snap["n_test"], "n_train": snap["n_train"],
             "features": snap["n_features"], "classes": snap["n_classes"], **scale_stats(X)}  # fmt: skip
 

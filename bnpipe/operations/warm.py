@@ -42,7 +42,6 @@ import json
 import os
 import signal
 import socket
-import subprocess
 import sys
 import threading
 import time
@@ -165,12 +164,8 @@ def _connect_or_spawn(pool: Path, slot: int, threads: int) -> socket.socket:
         return conn
     log = pool / f"slot-{slot}.log"
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW__", "AIRFLOW_CTX_"))}
-    with open(log, "ab") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "bnpipe.operations.warm"]
-            + ["--pool", str(pool), "--slot", str(slot), "--threads", str(threads)],
-            stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True,
-        )  # fmt: skip
+    cmd = [sys.executable, "-m", "bnpipe.operations.warm", "--pool", str(pool), "--slot", str(slot)]
+    proc = procs.spawn([*cmd, "--threads", str(threads)], log, env)  # a session of its own
     deadline = time.monotonic() + START_TIMEOUT
     while time.monotonic() < deadline:
         conn = _connect(pool, slot)
@@ -180,7 +175,7 @@ def _connect_or_spawn(pool: Path, slot: int, threads: int) -> socket.socket:
             tail = log.read_text(errors="replace")[-2000:]
             raise WarmTrainerError(f"the warm trainer for slot {slot} exited with {proc.returncode}:\n{tail}")
         time.sleep(0.1)
-    os.kill(proc.pid, signal.SIGKILL)
+    procs.terminate(procs.record(proc.pid), grace=0, group=False)
     raise WarmTrainerError(f"the warm trainer for slot {slot} did not start within {START_TIMEOUT:.0f} s (log: {log})")
 
 
@@ -378,29 +373,21 @@ def serve(pool: Path, slot: int, threads: int) -> int:
 
 
 def running(home: Path | None = None) -> list[dict]:
-    """The live trainers under ``home``'s warm/ folder: ``{pid, pid_file}``."""
+    """The live trainers under ``home``'s warm/ folder: ``{pid, pid_file, record}``."""
     out = []
     for pid_file in sorted(((home or settings.home()) / "warm").glob("*/slot-*.pid")):
         rec = procs.read_record(pid_file)
         if procs.alive(rec):
-            out.append({"pid": rec["pid"], "pid_file": pid_file})
+            out.append({"pid": rec["pid"], "pid_file": pid_file, "record": rec})
     return out
 
 
 def stop_all(home: Path | None = None, grace: float = 10.0) -> int:
     """SIGTERM the trainers recorded under ``home`` (SIGKILL after ``grace`` s); returns how many."""
     live = running(home)
-    for rec in live:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(rec["pid"], signal.SIGTERM)
-    deadline = time.monotonic() + grace
-    for rec in live:
-        while procs.start_ticks(rec["pid"]) is not None and time.monotonic() < deadline:
-            time.sleep(0.05)
-        if procs.start_ticks(rec["pid"]) is not None:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(rec["pid"], signal.SIGKILL)
-        rec["pid_file"].unlink(missing_ok=True)
+    procs.terminate_all([t["record"] for t in live], grace=grace, group=False)
+    for t in live:
+        t["pid_file"].unlink(missing_ok=True)
     return len(live)
 
 

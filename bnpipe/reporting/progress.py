@@ -221,27 +221,26 @@ def render(p: RunProgress, title: str, max_rows: int = 20):
 
 def read_runs(client, experiment_name: str, dag_run_id: str) -> tuple[dict | None, list[dict]]:
     """The DAG run's parent run and its variant runs, as the plain dicts ``progress_of`` takes."""
-    from bnpipe.mlflow_edge import tracking
+    from bnpipe.mlflow_edge.tracking import PARENT, TAG, find_runs
 
-    T = tracking.TAG
     exp = client.get_experiment_by_name(experiment_name)
     if exp is None:
         return None, []
-    found = tracking._find_runs(client, exp.experiment_id, {T + "dag_run_id": dag_run_id, T + "role": tracking.PARENT})
+    found = find_runs(client, exp.experiment_id, {TAG + "dag_run_id": dag_run_id, TAG + "role": PARENT})
     if not found:
         return None, []
     p = found[0]
-    parent = {"run_id": p.info.run_id, "status": p.info.status, "has_data": T + "data_digest" in p.data.tags}
+    parent = {"run_id": p.info.run_id, "status": p.info.status, "has_data": TAG + "data_digest" in p.data.tags}
     runs = []
-    for r in tracking._find_runs(client, exp.experiment_id, {T + "parent_run_id": p.info.run_id}):
+    for r in find_runs(client, exp.experiment_id, {TAG + "parent_run_id": p.info.run_id}):
         m, status = r.data.metrics, r.info.status
         if status in ("RUNNING", "SCHEDULED"):  # the latest epoch is the latest step of a per-epoch metric
             epoch = max((x.step for x in client.get_metric_history(r.info.run_id, "epoch_seconds")), default=0)
         else:
             epoch = int(m.get("epochs_run", 0))
         runs.append({
-            "variant": r.data.tags.get(T + "variant", r.info.run_name), "status": status,
-            "outcome": r.data.tags.get(T + "status"), "epoch": epoch, "val_accuracy": m.get("val_accuracy"),
+            "variant": r.data.tags.get(TAG + "variant", r.info.run_name), "status": status,
+            "outcome": r.data.tags.get(TAG + "status"), "epoch": epoch, "val_accuracy": m.get("val_accuracy"),
             "samples_per_second": m.get("samples_per_second"), "start": (r.info.start_time or 0) / 1000 or None,
             "end": (r.info.end_time or 0) / 1000 or None,
         })  # fmt: skip

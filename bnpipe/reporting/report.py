@@ -1,4 +1,8 @@
-"""Report: render comparison tables and run summaries as text, and the claims report (Markdown + HTML)."""
+"""Report: the claims report of a run (Markdown, HTML, ``verdicts.json``) and the README's findings table.
+
+Everything is rebuilt from MLflow alone: the run's summary (``bnpipe.reporting.summaries``), each
+variant run's fields and metric histories, and from them the claims' evidence and verdicts.
+"""
 
 from __future__ import annotations
 
@@ -7,104 +11,7 @@ import json
 from bnpipe.base import settings
 from bnpipe.base.render import markdown_table
 from bnpipe.core import claims
-
-
-def summary_text(
-    summary: dict, top: int | None = None, verdicts: list[dict] | None = None, where: list[str] | None = None
-) -> str:
-    """The closing summary: the ranked table (the ``top`` rows), who holds the alias and why, one
-    sentence per claim (``verdict_text``) and where to look next (``where``, one line each)."""
-    cols = ["rank", "variant", "status", "val_accuracy", "val_loss", "test_accuracy", "train_seconds"]
-    rows = summary["table"]
-    out = [markdown_table(rows[:top] if top else rows, cols)]
-    if top and len(rows) > top:
-        out.append(f"(top {top} of {len(rows)} variants; the full table is the parent run's comparison/comparison.csv)")
-    out.append("")
-    champ = summary.get("champion")
-    if champ:
-        verb = "now holds" if champ["alias_moved"] else "was registered; the alias did not move"
-        out.append(
-            f"Winner {champ['variant']}: {champ['model_name']} version {champ['version']} {verb} 'champion'."
-            if champ["alias_moved"]
-            else f"Winner {champ['variant']}: {champ['model_name']} version {champ['version']} {verb}."
-        )
-        out.append(f"Reason: {champ['reason']}")
-        if champ.get("champion_version") is not None:
-            out.append(f"'champion' -> {champ['model_name']} version {champ['champion_version']}")
-    elif summary.get("failure"):
-        out.append(f"No champion: {summary['failure']}")
-    if verdicts:
-        out += ["", verdict_text(verdicts)]
-    if where:
-        out += ["", *where]
-    return "\n".join(out)
-
-
-def load_summary(
-    dag_id: str | None = None, dag_run_id: str | None = None, parent_run_id: str | None = None
-) -> dict | None:
-    """Rebuild a run's summary from MLflow alone: by DAG run id or by parent run id."""
-    from bnpipe.mlflow_edge import compare, tracking
-
-    client = tracking.connect()
-    T = tracking.TAG
-    if parent_run_id is None:
-        exp = client.get_experiment_by_name(settings.experiment_name())
-        if exp is None:
-            return None
-        found = tracking._find_runs(
-            client, exp.experiment_id, {T + "dag_run_id": dag_run_id, T + "role": tracking.PARENT}
-        )
-        if dag_id:
-            found = [r for r in found if r.data.tags.get(T + "dag_id") == dag_id]
-        if not found:
-            return None
-        parent = found[0]
-    else:
-        parent = client.get_run(parent_run_id)
-    tags, metric = parent.data.tags, parent.data.params.get("metric", "val_accuracy")
-    results = []
-    for r in tracking.variant_runs(client, parent.info.run_id):
-        results.append({
-            "name": r.data.tags.get(T + "variant", r.info.run_name),
-            "run_id": r.info.run_id,
-            "status": r.data.tags.get(T + "status", r.info.status.lower()),
-            "metrics": dict(r.data.metrics),
-            "train_key": r.data.tags.get(T + "train_key"),
-        })  # fmt: skip
-    results.sort(key=lambda r: r["name"])
-    ranked = compare.rank([dict(r) for r in results], metric)
-    summary = {
-        "experiment_id": parent.info.experiment_id,
-        "parent_run_id": parent.info.run_id,
-        "dag_run_id": tags.get(T + "dag_run_id"),
-        "status": parent.info.status,
-        "metric": metric,
-        "variants": [{k: r[k] for k in ("name", "run_id", "status", "metrics")} for r in results],
-        "table": compare.table_rows(results, ranked),
-        "failure": tags.get(T + "failure"),
-        "champion": None,
-    }
-    if T + "registered_version" in tags:
-        name = tracking.model_name(tags.get(T + "dataset", ""))
-        version = int(tags[T + "registered_version"])
-        try:
-            holder = int(client.get_model_version_by_alias(name, compare.ALIAS).version)
-        except Exception:  # noqa: BLE001 - alias removed since
-            holder = None
-        summary["champion"] = {
-            "model_name": name,
-            "version": version,
-            "run_id": client.get_model_version(name, str(version)).run_id,
-            "variant": tags.get(T + "winner"),
-            "alias_moved": tags.get(T + "alias_moved") == "true",
-            "reason": tags.get(T + "alias_reason"),
-            "champion_version": holder,
-        }
-    return summary
-
-
-# --- The claims report: evidence per claim, rebuilt from MLflow alone -------------------------------
+from bnpipe.mlflow_edge.summary import RunSummary
 
 REPORT_DIR = "report"
 HISTORY_KEYS = ("val_accuracy", "accuracy", "loss", "val_loss")
@@ -130,33 +37,21 @@ def _param(raw: str | None):
         return {"True": True, "False": False}.get(raw, raw)
 
 
-def resolve_summary(ref: str) -> dict | None:
-    """The summary of a past run, by MLflow parent run id or by Airflow DAG run id."""
-    import re
-
-    if re.fullmatch(r"[0-9a-f]{32}", ref):
-        try:
-            return load_summary(parent_run_id=ref)
-        except Exception:  # noqa: BLE001 - not a run id after all: try it as a DAG run id
-            pass
-    return load_summary(dag_run_id=ref)
-
-
-def load_runs(client, summary: dict) -> list[dict]:
+def load_runs(client, summary: RunSummary) -> list[dict]:
     """One row per variant run: variant fields, config, status, final metrics and metric histories."""
     from bnpipe.core.variants import config_name
 
     runs = []
-    for v in summary["variants"]:
-        r = client.get_run(v["run_id"])
+    for v in summary.variants:
+        r = client.get_run(v.run_id)
         fields = {f: _param(r.data.params.get(f)) for f in (*claims.VARIANT_FIELDS, "seed")}
         if isinstance(fields.get("hidden"), list):
             fields["hidden"] = tuple(fields["hidden"])
         keys = [k for k in r.data.metrics if k in HISTORY_KEYS or k.startswith(HISTORY_PREFIXES)]
-        history = {k: [(m.step, m.value) for m in client.get_metric_history(v["run_id"], k)] for k in keys}
+        history = {k: [(m.step, m.value) for m in client.get_metric_history(v.run_id, k)] for k in keys}
         runs.append({
-            **fields, "name": v["name"], "config": config_name(v["name"]), "run_id": v["run_id"],
-            "status": v["status"], "metrics": dict(r.data.metrics), "history": history,
+            **fields, "name": v.name, "config": config_name(v.name), "run_id": v.run_id,
+            "status": v.status, "metrics": dict(r.data.metrics), "history": history,
         })  # fmt: skip
     return runs
 
@@ -215,6 +110,7 @@ def build_claims_report(ref: str, out_dir, log_to_mlflow: bool = False, target: 
 
     from bnpipe.mlflow_edge import tracking
     from bnpipe.reporting import plots
+    from bnpipe.reporting.summaries import resolve_summary
 
     summary = resolve_summary(ref)
     if summary is None:
@@ -223,13 +119,13 @@ def build_claims_report(ref: str, out_dir, log_to_mlflow: bool = False, target: 
             "(see `mlflow ui`, experiment bnpipe)"
         )
     client = tracking.connect()
-    parent = client.get_run(summary["parent_run_id"])
+    parent = client.get_run(summary.parent_run_id)
     params = {k: _param(v) for k, v in parent.data.params.items()}
     runs = load_runs(client, summary)
     rows, target = _evidence(runs, target or params.get("target_val_accuracy"))
     verdicts = claims.evaluate(rows)
     machine = claims.verdicts_json(verdicts)
-    machine.update(parent_run_id=summary["parent_run_id"], dag_run_id=summary.get("dag_run_id"),
+    machine.update(parent_run_id=summary.parent_run_id, dag_run_id=summary.dag_run_id,
                    dataset=params.get("dataset"), grid=params.get("grid"), epochs=params.get("epochs"),
                    seeds=params.get("seeds"))  # fmt: skip
     configs = claims.aggregate(rows, CONFIG_METRICS)
@@ -248,10 +144,10 @@ def build_claims_report(ref: str, out_dir, log_to_mlflow: bool = False, target: 
     ]  # fmt: skip
     images = [(caption, p) for caption, p in images if p]
 
-    champ = summary.get("champion") or {}
+    champ = summary.champion
     blocks = [
         ("h1", f"bnpipe claims report: {params.get('dataset', '?')}, grid {params.get('grid', '?')}"),
-        ("p", f"DAG run `{summary.get('dag_run_id')}`, MLflow parent run `{summary['parent_run_id']}`. "
+        ("p", f"DAG run `{summary.dag_run_id}`, MLflow parent run `{summary.parent_run_id}`. "
               f"{params.get('epochs')} epochs, batch {params.get('batch_size')}, {params.get('seeds')} seed(s) per "
               f"configuration, {len(runs)} runs ({sum(r['status'] != 'ok' for r in runs)} not healthy). "
               f"Rebuilt {datetime.now(UTC):%Y-%m-%d %H:%M} UTC."),
@@ -270,9 +166,9 @@ def build_claims_report(ref: str, out_dir, log_to_mlflow: bool = False, target: 
                    for v in verdicts for c in v["comparisons"]]
          or [{"claim": "-", "comparison": "this grid tests no claim"}]),
         ("h2", "Champion"),
-        ("p", (f"Winner `{champ.get('variant')}`: {champ.get('model_name')} version {champ.get('version')}; "
-               f"alias moved: {champ.get('alias_moved')}. Reason: {champ.get('reason')}. Configurations are "
-               "ranked on their mean over seeds.") if champ else f"No champion: {summary.get('failure')}"),
+        ("p", (f"Winner `{champ.variant}`: {champ.model_name} version {champ.version}; "
+               f"alias moved: {champ.alias_moved}. Reason: {champ.reason}. Configurations are "
+               "ranked on their mean over seeds.") if champ else f"No champion: {summary.failure}"),
         ("h2", "Configurations (mean [95% CI] over seeds)"),
         ("table", [{"config": c["config"], "seeds ok": f"{c['healthy']}/{c['seeds']}",
                     "val acc epoch 1": _fmt_ci(c["val_accuracy_epoch1"], c["val_accuracy_epoch1_lo"],
@@ -301,9 +197,9 @@ def build_claims_report(ref: str, out_dir, log_to_mlflow: bool = False, target: 
     files = {"markdown": str(md_path), "html": str(html_path), "verdicts": str(out / VERDICTS_FILE),
              "images": [str(p) for _, p in images]}  # fmt: skip
     if log_to_mlflow:
-        client.log_artifacts(summary["parent_run_id"], str(out), REPORT_DIR)
+        client.log_artifacts(summary.parent_run_id, str(out), REPORT_DIR)
         if target:
-            client.set_tag(summary["parent_run_id"], tracking.TAG + "target_val_accuracy", f"{target:.4f}")
+            client.set_tag(summary.parent_run_id, tracking.TAG + "target_val_accuracy", f"{target:.4f}")
         for row in rows:
             speed = {k: row[k] for k in ("epochs_to_target", "steps_to_target") if row.get(k) is not None}
             if speed:
