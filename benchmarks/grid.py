@@ -134,7 +134,7 @@ def _pool(jobs: list[tuple[list[str], dict, Path]], concurrency: int) -> float:
     while pending or running:
         while pending and len(running) < concurrency:
             cmd, env, out = pending.pop(0)
-            with open(out.with_suffix(".log"), "wb") as err:
+            with out.with_suffix(".log").open("wb") as err:
                 proc = subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=err)
             running.append((proc, out))
         for item in list(running):

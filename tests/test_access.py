@@ -218,7 +218,7 @@ def auth_mlflow(tmp_path, monkeypatch):
         database_uri=f"sqlite:///{tmp_path / 'basic_auth.db'}", admin_username=admin[0], admin_password=admin[1]
     )
     config = tmp_path / "basic_auth.ini"
-    with open(config, "w") as f:
+    with config.open("w") as f:
         ini.write(f)
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from datetime import datetime
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -143,10 +144,11 @@ def test_claims_report_logged_to_parent_and_variants_instrumented(first_run):
     files = {a.path for a in c.list_artifacts(summary["parent_run_id"], "report")}
     assert {"report/report.html", "report/report.md", "report/learning_curves.png", "report/grad_norms.png",
             "report/verdicts.json"} <= files  # fmt: skip
-    md = open(c.download_artifacts(summary["parent_run_id"], "report/report.md", str(home.parent))).read()
+    md = Path(c.download_artifacts(summary["parent_run_id"], "report/report.md", str(home.parent))).read_text()
     assert "| 4e |" in md and "| 4e | not tested by this grid |" not in md  # smoke grid: standard vs. bn_first
     assert "claim 4e:" in stdout
-    doc = json.load(open(c.download_artifacts(summary["parent_run_id"], "report/verdicts.json", str(home.parent))))
+    verdicts = c.download_artifacts(summary["parent_run_id"], "report/verdicts.json", str(home.parent))
+    doc = json.loads(Path(verdicts).read_text())
     e = next(v for v in doc["claims"] if v["claim"] == "4e")
     assert e["comparisons"] and all(c["n"] == 1 for c in e["comparisons"])  # one seed: one replicate
     assert e["verdict"] == "inconclusive" and "at least 3 seeds" in e["reason"]  # a 1-seed run decides nothing

@@ -13,6 +13,7 @@ import subprocess
 import sys
 import time
 from dataclasses import asdict
+from pathlib import Path
 
 import pytest
 
@@ -192,7 +193,7 @@ SYSTEM_PYTHON = "/usr/bin/python3"  # the client needs only the standard library
 
 
 @pytest.mark.skipif(os.getuid() != 0, reason="needs root to run a client as another user")
-@pytest.mark.skipif(not os.path.exists(SYSTEM_PYTHON), reason=f"no {SYSTEM_PYTHON}")
+@pytest.mark.skipif(not Path(SYSTEM_PYTHON).exists(), reason=f"no {SYSTEM_PYTHON}")
 def test_a_trainer_serves_only_its_own_user(setup, home):
     snapshot, _, exp, parent = setup
     warm._run_in_pool(_args(snapshot, exp, parent, Variant(hidden=(8,), hidden_bn=False)), 1, 1)

@@ -71,10 +71,10 @@ def alive(rec: dict | None) -> bool:
 def spawn(cmd: list[str], log: Path, env: dict | None = None, cwd: str | None = None) -> subprocess.Popen:
     """Start ``cmd`` in a session (and process group) of its own, appending its output to ``log``."""
     log.parent.mkdir(parents=True, exist_ok=True)
-    with open(log, "ab") as out:
+    with log.open("ab") as out:
         return subprocess.Popen(
             cmd, env=env, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
-            cwd=cwd or os.getcwd(),
+            cwd=cwd or Path.cwd(),
         )  # fmt: skip
 
 

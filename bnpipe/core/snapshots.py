@@ -162,7 +162,7 @@ def _write_synthetic_chunks(tmp: Path, req: IngestRequest, head: Loaded) -> dict
 
     starts = list(range(0, max(1, req.rows // SYNTHETIC_CHUNK) * SYNTHETIC_CHUNK, SYNTHETIC_CHUNK))
     bounds = zip(starts, starts[1:] + [req.rows])  # the last chunk takes the remainder
-    files = {f"{a}_{s}": open(tmp / f"{a}_{s}.raw", "wb") for a in "Xy" for s in SPLITS}  # closed below
+    files = {f"{a}_{s}": (tmp / f"{a}_{s}.raw").open("wb") for a in "Xy" for s in SPLITS}  # closed below
     counts, dtypes = dict.fromkeys(SPLITS, 0), {}
     try:
         for start, stop in bounds:
@@ -180,7 +180,7 @@ def _write_synthetic_chunks(tmp: Path, req: IngestRequest, head: Loaded) -> dict
         kind, name = key.split("_", 1)
         shape = (counts[name], len(head.feature_names)) if kind == "X" else (counts[name],)
         raw = tmp / f"{key}.raw"
-        with open(tmp / f"{key}.npy", "wb") as out, open(raw, "rb") as src:
+        with (tmp / f"{key}.npy").open("wb") as out, raw.open("rb") as src:
             header = {"descr": np.lib.format.dtype_to_descr(dtypes[kind]), "fortran_order": False, "shape": shape}
             np.lib.format.write_array_header_1_0(out, header)
             shutil.copyfileobj(src, out, 1 << 24)

@@ -27,7 +27,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import re
 import time
 from datetime import UTC, datetime
@@ -71,7 +70,7 @@ def stamp(path: Path) -> tuple:
 def digest(path: Path) -> str:
     """The file's identity: a digest (16 hex) of its bytes and of its sidecar's, if it has one."""
     h = hashlib.sha256()
-    with open(path, "rb") as f:
+    with Path(path).open("rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     side = sidecar(path)
@@ -178,7 +177,7 @@ def _write(path: Path, record: dict) -> None:
     """Write the marker whole or not at all (a temp file renamed over it)."""
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(json.dumps(record, indent=1) + "\n")
-    os.replace(tmp, path)
+    tmp.replace(path)
 
 
 def _record(path: Path) -> dict:

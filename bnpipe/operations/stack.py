@@ -182,7 +182,7 @@ class Stack:
     def migrate(self) -> None:
         """Create or upgrade the Airflow metadata DB (``airflow db migrate``)."""
         self.log_dir.mkdir(parents=True, exist_ok=True)
-        with open(self.log_dir / "db-migrate.log", "ab") as log:
+        with (self.log_dir / "db-migrate.log").open("ab") as log:
             proc = subprocess.run(
                 [sys.executable, "-m", "airflow", "db", "migrate"], env=self.env, stdout=log,
                 stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, timeout=600,

@@ -130,7 +130,7 @@ def run_table(table: Table, seeds: int, epochs: int, out: Path, grid: str = "tab
     summary_path = out / "summary.json"
     cmd = [str(Path(sys.executable).with_name("bnpipe")), "run", "--parallel", "--conf", json.dumps(conf),
            "--summary-json", str(summary_path)]  # fmt: skip
-    with open(out / "run.log", "w") as log:
+    with (out / "run.log").open("w") as log:
         proc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, check=False)
     if proc.returncode != 0 or not summary_path.exists():
         raise RuntimeError(f"{table.name}: bnpipe run failed (exit {proc.returncode}); see {out / 'run.log'}")

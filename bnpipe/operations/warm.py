@@ -122,7 +122,7 @@ def _run_in_pool(args: dict, threads: int, slots: int) -> dict | None:
     pool = pool_dir(threads)
     pool.mkdir(parents=True, exist_ok=True)
     for slot in range(slots):
-        lock = open(pool / f"slot-{slot}.lock", "a+")  # held for the whole job
+        lock = (pool / f"slot-{slot}.lock").open("a+")  # held for the whole job
         try:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
