@@ -18,7 +18,7 @@ version) when the alias moved, which starts `bnpipe_score` on the new champion.
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from datetime import timedelta
 
 from airflow.sdk import Param, dag, get_current_context, task
 
@@ -38,19 +38,10 @@ def _airflow_link() -> str:
 @dag(
     dag_id=DAG_ID,
     schedule=settings.schedule(),  # BNPIPE_SCHEDULE; empty: manual and data-triggered only
-    start_date=datetime(2026, 1, 1),
-    catchup=False,
     max_active_runs=1,
-    tags=["bnpipe", "ml", "experiment"],
-    doc_md=__doc__,
-    owner_links=conventions.owner_links(),
-    default_args={
-        "owner": conventions.OWNER,
-        "retries": settings.task_retries(),
-        "retry_delay": timedelta(seconds=settings.retry_delay_seconds()),
-        "retry_exponential_backoff": True,
-        "execution_timeout": timedelta(minutes=30),
-    },
+    **conventions.dag_defaults(
+        __doc__, ["experiment"], settings.task_retries(), settings.retry_delay_seconds(), 30, backoff=True
+    ),
     params={name: Param(**s) for name, s in params.SPEC.items()},
 )
 def bnpipe_experiment():

@@ -17,8 +17,6 @@ name, or a changed sidecar, is new. Nothing is deleted.
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
-
 from airflow.providers.standard.operators.trigger_dagrun import TriggerDagRunOperator
 from airflow.sdk import dag, get_current_context, task
 
@@ -31,18 +29,8 @@ EXPERIMENT_DAG = "bnpipe_experiment"
 @dag(
     dag_id="bnpipe_on_new_data",
     schedule=[assets.inbox(settings.inbox_dir())],
-    start_date=datetime(2026, 1, 1),
-    catchup=False,
     max_active_runs=1,
-    tags=["bnpipe", "ml", "data-aware"],
-    doc_md=__doc__,
-    owner_links=conventions.owner_links(),
-    default_args={
-        "owner": conventions.OWNER,
-        "retries": 2,
-        "retry_delay": timedelta(seconds=20),
-        "execution_timeout": timedelta(minutes=5),
-    },
+    **conventions.dag_defaults(__doc__, ["data-aware"], retries=2, retry_delay_seconds=20, timeout_minutes=5),
 )
 def bnpipe_on_new_data():
     @task

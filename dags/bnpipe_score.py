@@ -21,8 +21,6 @@ file emits `bnpipe://predictions/bnpipe-<dataset>`.
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
-
 from airflow.sdk import Param, dag, get_current_context, task
 
 from bnpipe.base import settings
@@ -37,17 +35,7 @@ DAG_ID = "bnpipe_score"
     dag_id=DAG_ID,
     # BNPIPE_SCORE_SCHEDULE and/or a new champion (BNPIPE_SCORE_ON_CHAMPION); neither: by hand only
     schedule=assets.score_schedule(settings.score_schedule(), settings.score_on_champion()),
-    start_date=datetime(2026, 1, 1),
-    catchup=False,
-    tags=["bnpipe", "ml", "scoring"],
-    doc_md=__doc__,
-    owner_links=conventions.owner_links(),
-    default_args={
-        "owner": conventions.OWNER,
-        "retries": 2,
-        "retry_delay": timedelta(seconds=20),
-        "execution_timeout": timedelta(minutes=30),
-    },
+    **conventions.dag_defaults(__doc__, ["scoring"], retries=2, retry_delay_seconds=20, timeout_minutes=30),
     params={name: Param(**s) for name, s in scoring.PARAMS.items()},
 )
 def bnpipe_score():

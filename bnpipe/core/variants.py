@@ -219,11 +219,7 @@ def expand(base: dict, axes: dict | list, seeds: int = 1) -> list[Variant]:
     a few hand-picked contrasts rather than a full cross.
     """
     if isinstance(axes, list):
-        out = [v for part in axes for v in expand(base, part, seeds)]
-        names = [v.name for v in out]
-        if len(set(names)) != len(names):
-            raise VariantError("the grid produces duplicate variants; remove repeated axis values")
-        return out
+        return _distinct([v for part in axes for v in expand(base, part, seeds)])
     if seeds < 1:
         raise VariantError(f"seeds={seeds}: need at least one seed")
     axes = {k: v if isinstance(v, list | tuple) else [v] for k, v in axes.items()}
@@ -243,10 +239,14 @@ def expand(base: dict, axes: dict | list, seeds: int = 1) -> list[Variant]:
             raise VariantError(f"bad axis in grid: {exc}") from exc
         for s in range(seeds):
             out.append(replace(v, seed=s))
-    names = [v.name for v in out]
+    return _distinct(out)
+
+
+def _distinct(variants: list[Variant]) -> list[Variant]:
+    names = [v.name for v in variants]
     if len(set(names)) != len(names):
         raise VariantError("the grid produces duplicate variants; remove repeated axis values")
-    return out
+    return variants
 
 
 def grid(name: str, seeds: int = 1, axes: dict | None = None, base: dict | None = None) -> list[Variant]:

@@ -1,4 +1,4 @@
-"""What every bnpipe DAG shares: its owner, the owner's link, and how a task fails fast.
+"""What every bnpipe DAG shares: its owner, the owner's link, its start and retry defaults, and how a task fails fast.
 
 Each DAG file is parsed on its own, so what they share lives here rather than in ``dags/``.
 Importing this module imports no Airflow; ``fail_fast`` imports ``airflow.sdk`` when a task uses it.
@@ -7,6 +7,7 @@ Importing this module imports no Airflow; ``fail_fast`` imports ``airflow.sdk`` 
 from __future__ import annotations
 
 from contextlib import contextmanager
+from datetime import datetime, timedelta
 
 from bnpipe.base import settings
 
@@ -20,6 +21,25 @@ def owner_links() -> dict[str, str]:
     serves it inside the Airflow UI (``/bnpipe/readme``).
     """
     return {OWNER: f"{settings.airflow_base_url()}/bnpipe/readme"}
+
+
+def dag_defaults(doc: str, tags: list[str], retries: int, retry_delay_seconds: float, timeout_minutes: float,
+                 backoff: bool = False) -> dict:  # fmt: skip
+    """The ``@dag`` arguments every bnpipe DAG sets alike: a fixed start without catch-up, the
+    ``bnpipe`` tag, the doc, the owner and its link, and the task defaults (retries and their delay,
+    exponential ``backoff`` if asked, an execution timeout)."""
+    retrying = {"retries": retries, "retry_delay": timedelta(seconds=retry_delay_seconds)}
+    return {
+        "start_date": datetime(2026, 1, 1),
+        "catchup": False,
+        "tags": ["bnpipe", "ml", *tags],
+        "doc_md": doc,
+        "owner_links": owner_links(),
+        "default_args": {
+            "owner": OWNER, **retrying, **({"retry_exponential_backoff": True} if backoff else {}),
+            "execution_timeout": timedelta(minutes=timeout_minutes),
+        },
+    }  # fmt: skip
 
 
 @contextmanager

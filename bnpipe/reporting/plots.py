@@ -54,16 +54,13 @@ def learning_curves(runs: list[dict], path: Path) -> Path | None:
     axes[1].set(title="training loss", xlabel="epoch", yscale="log")
     fig.legend(loc="lower center", ncol=2, fontsize=7, frameon=False)
     fig.tight_layout(rect=(0, 0.06 + 0.035 * math.ceil(len(configs) / 2), 1, 1))
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path)
 
 
 def grad_norms(runs: list[dict], path: Path, max_panels: int = 8) -> Path | None:
     """Gradient norm per Dense layer over training steps, one panel per configuration (its first seed)."""
     plt = _plt()
-    firsts = [rs[0] for _, rs in sorted(_by_config(runs).items())]
-    firsts = [r for r in firsts if any(k.startswith("grad_norm/") for k in r["history"])][:max_panels]
+    firsts = _first_seeds(runs, lambda h: any(k.startswith("grad_norm/") for k in h), max_panels)
     if not firsts:
         return None
     cols = min(2, len(firsts))
@@ -83,9 +80,7 @@ def grad_norms(runs: list[dict], path: Path, max_panels: int = 8) -> Path | None
     for ax in list(axes.flat)[len(firsts) :]:
         ax.axis("off")
     fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path)
 
 
 def final_metric(configs: list[dict], runs: list[dict], metric: str, path: Path) -> Path | None:
@@ -108,16 +103,13 @@ def final_metric(configs: list[dict], runs: list[dict], metric: str, path: Path)
     ax.invert_yaxis()
     ax.set(xlabel=f"final {metric} (mean, 95% t-interval over seeds; dots: seeds)")
     fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path)
 
 
 def bn_stats(runs: list[dict], path: Path, max_configs: int = 6) -> Path | None:
     """The first BN layer's moving mean and variance against the true statistics of its input, over steps."""
     plt = _plt()
-    firsts = [rs[0] for _, rs in sorted(_by_config(runs).items())]
-    firsts = [r for r in firsts if r["history"].get("bn_first/moving_mean")][:max_configs]
+    firsts = _first_seeds(runs, lambda h: h.get("bn_first/moving_mean"), max_configs)
     if not firsts:
         return None
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
@@ -134,6 +126,16 @@ def bn_stats(runs: list[dict], path: Path, max_configs: int = 6) -> Path | None:
     axes[1].set(title="first BN layer: variance (averaged over features)", xlabel="training step", yscale="log")
     axes[0].legend(fontsize=6)
     fig.tight_layout()
+    return _save(plt, fig, path)
+
+
+def _first_seeds(runs: list[dict], shows, limit: int) -> list[dict]:
+    """Each configuration's first run whose history ``shows(history)`` something, at most ``limit``."""
+    firsts = [rs[0] for _, rs in sorted(_by_config(runs).items())]
+    return [r for r in firsts if shows(r["history"])][:limit]
+
+
+def _save(plt, fig, path: Path) -> Path:
     fig.savefig(path, dpi=90)
     plt.close(fig)
     return path
