@@ -237,7 +237,16 @@ def _load_keras(client, run_id: str):
 
 
 def _rescore(model, snapshot: dict, metric: str) -> float:
-    """``metric`` of ``model`` on the snapshot split it names (``val_accuracy``: the validation split)."""
+    """``metric`` of ``model`` on the snapshot split it names (``val_accuracy``: the validation split).
+
+    bnpipe's own scoring, not ``mlflow.models.evaluate``: the gate compares the champion with the
+    candidate's recorded ``val_accuracy``/``val_loss``, which Keras measured on the compact model, so
+    the champion is measured the same way on the same rows (evaluate's ``accuracy_score`` is computed
+    from pyfunc predictions and has no loss). Its threshold rule (strictly better; a tie keeps the
+    champion; a champion that cannot read this data is replaced) is ``champion.decide``, which also
+    handles the cases evaluate's ``MetricThreshold`` has no words for. evaluate checks the model that
+    gets registered: ``evaluation.evaluate_model``.
+    """
     from bnpipe.core.train import evaluate
 
     split = metric.split("_", 1)[0]
