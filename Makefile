@@ -11,11 +11,10 @@ export BNPIPE_HOME ?= $(CURDIR)/.bnpipe
 demo: setup
 	$(BIN)/bnpipe run --parallel
 
-# TEST_ARGS='-n 2 --dist loadgroup' runs two pytest-xdist workers: each module stays on one, and the
-# modules on the shared real stack share one (tests/conftest.py). Serial stays the default until a
-# quiet-machine comparison shows two workers faster: on 2 cores they run the Celery topology and the
-# real stack at once, and the one two-worker run so far (on a machine busy with other work) was slow.
-TEST_ARGS ?=
+# Two pytest-xdist workers: each module stays on one, and the modules on the shared real stack share
+# one (tests/conftest.py), so one worker waits on the stack while the other runs the rest.
+# `make test TEST_ARGS=` runs serially; any pytest arguments go there (`TEST_ARGS='-n 2 -k celery'`).
+TEST_ARGS ?= -n 2
 test: setup
 	$(BIN)/pytest $(TEST_ARGS)
 

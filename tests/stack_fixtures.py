@@ -127,13 +127,27 @@ def wait_for_approval(stack: Stack, run_id: str, timeout: float = 600) -> dict:
             if exc.status != 404:  # 404: no request yet
                 raise
             detail = None
-        if detail and detail["task_instance"]["state"] == "awaiting_input":
+        if detail and detail["task_instance"]["state"] == "awaiting_input" and _paused(stack, detail):
             return detail
         state = stack.client.dag_run(EXPERIMENT_DAG, run_id)["state"]
         if state in FINAL_STATES or time.monotonic() > deadline:
             tis = {t["task_id"]: t["state"] for t in stack.client.task_instances(EXPERIMENT_DAG, run_id)}
             raise AssertionError(f"run {run_id} is {state} and asks for no approval: {tis}")
         time.sleep(2)
+
+
+def _paused(stack: Stack, detail: dict) -> bool:
+    """Whether the process that paused the task for input has exited (the scheduler's log says so).
+
+    An answer given before that is a race in Airflow 3.3.2's LocalExecutor: the resumed task already
+    runs when the pausing process's exit is reported, and the scheduler then marks the running task
+    FAILED ("state changed externally"). A person answers minutes later; a test must wait for it.
+    """
+    ti_id = detail["task_instance"]["id"]
+    log = stack.log_dir / "scheduler.log"
+    return log.exists() and any(
+        "final_state=awaiting_input" in line and ti_id in line for line in log.read_text(errors="replace").splitlines()
+    )
 
 
 def respond(stack: Stack, run_id: str, option: str, missing_ok: bool = False) -> dict | None:

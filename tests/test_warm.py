@@ -105,7 +105,7 @@ def _task(args: dict, *extra: str) -> subprocess.Popen:
     return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
-def _variant_run(client, exp, parent, timeout: float = 120):
+def _variant_run(client, exp, parent, timeout: float = 300):
     """The variant run of the task under test, once it has logged an epoch."""
 
     def found():
