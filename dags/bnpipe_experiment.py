@@ -61,19 +61,21 @@ def bnpipe_experiment():
 
     @task(outlets=[assets.alias(assets.DATA)])
     def ingest(p: dict, run: dict) -> dict:
-        """Read, validate, split and store the data set once per content digest. XCom: paths and digest.
+        """Read, validate, split and store the data set once per content digest, and publish it to MLflow's
+        artifact store (once per digest) for workers without it. XCom: paths, digest and the store's URI.
 
         Emits the data set's asset, bnpipe://data/<dataset>, with the snapshot's digest.
         """
         from bnpipe.core import snapshots
         from bnpipe.core.validation import DataError
-        from bnpipe.mlflow_edge import tracking
+        from bnpipe.mlflow_edge import snapshot_store, tracking
 
         def rejected(exc):
             tracking.fail_parent(run["parent_run_id"], f"ingest rejected the data: {exc}")
 
         with fail_fast(DataError, before=rejected):
             snapshot = snapshots.ingest(params.ingest_request(p))
+        snapshot = snapshot_store.publish(snapshot)  # once per digest: workers fetch it from MLflow
         tracking.record_snapshot(run["parent_run_id"], snapshot)
         assets.emit(get_current_context()["outlet_events"], assets.DATA, assets.data_event(snapshot))
         return snapshot

@@ -1,6 +1,9 @@
 """The compose topology without Docker: Airflow's CeleryExecutor on this machine's PostgreSQL and
 Redis, two Celery workers as separate processes, and an MLflow server on PostgreSQL.
 
+Each worker has a BNPIPE_HOME of its own, and the scheduler's is a third: they share no disk, as
+workers on other hosts would not, so a snapshot reaches a worker only through MLflow's artifact store.
+
 The test creates its own uniquely named databases and claims an empty Redis DB number; it starts
 and stops only its own processes (by the PIDs it recorded) and drops / flushes everything at the end.
 It skips where PostgreSQL (127.0.0.1:5432, user postgres, trust auth) or Redis (127.0.0.1:6379)
@@ -79,6 +82,15 @@ def _wait_worker_ready(stack, hostname: str, timeout: float = 120) -> None:
     pytest.fail(f"Celery worker {hostname} not ready after {timeout:.0f} s:\n{stack.log_tail(name)}")
 
 
+def _private_disk(hidden: list[Path]) -> tuple[str, ...]:
+    """A command prefix: the rest runs in a mount namespace of its own with ``hidden`` covered by empty tmpfs."""
+    mounts = " && ".join(f"mount -t tmpfs bnpipe-hidden {h}" for h in hidden)
+    probe = subprocess.run(["unshare", "-m", "--propagation", "private", "true"], capture_output=True, timeout=30)
+    if probe.returncode != 0:
+        pytest.skip(f"workers without a shared disk need mount namespaces (unshare -m): {probe.stderr.decode()[-300:]}")
+    return ("unshare", "-m", "--propagation", "private", "sh", "-c", f'{mounts} && exec "$@"', "sh")
+
+
 def _check_celery_executor_imports(env: dict) -> None:
     """Fail early, and say why, when the installed Celery provider cannot load with the installed Celery."""
     code = "import airflow.providers.celery.executors.celery_executor_utils"
@@ -104,6 +116,7 @@ class Topology:
     mlflow_db: str
     redis_db: int
     token: str
+    homes: dict[str, Path]  # each worker's BNPIPE_HOME
     timings: dict = field(default_factory=dict)
 
     def tis(self, run_id: str, task_id: str | None = None) -> list[dict]:
@@ -184,12 +197,26 @@ def topology(tmp_path_factory):
         timings: dict[str, float] = {}
         t0 = time.monotonic()
         stack.start(components=("mlflow", "api-server", "scheduler", "dag-processor"), timeout=240, unpause=(DAG_ID,))
-        pids = [stack.start_celery_worker(w, queues=("default", "train"), concurrency=1) for w in workers]
+        # no shared disk: each worker its own BNPIPE_HOME, neither the scheduler's (root / "bnpipe-home"), and
+        # in a mount namespace of its own where the other worker's home is an empty tmpfs, as on another host
+        homes = {w: root / f"worker-home-{i}" for i, w in enumerate(workers, 1)}
+        for h in homes.values():
+            h.mkdir()
+        pids = [
+            stack.start_celery_worker(
+                w,
+                queues=("default", "train"),
+                concurrency=1,
+                extra_env={"BNPIPE_HOME": homes[w]},
+                prefix=_private_disk([h for v, h in homes.items() if v != w]),
+            )
+            for w in workers
+        ]
         assert len(set(pids)) == 2
         for w in workers:
             _wait_worker_ready(stack, w)
         timings["start"] = time.monotonic() - t0
-        yield Topology(stack, workers, airflow_db, mlflow_db, redis_n, token, timings)
+        yield Topology(stack, workers, airflow_db, mlflow_db, redis_n, token, homes, timings)
     finally:
         started = []
         if stack is not None:
@@ -231,6 +258,8 @@ def celery_run(topology):
         "timings": topology.timings,
         "logs": {w: topology.worker_log(w) for w in topology.workers},
         "scheduler_log": stack.log_tail("scheduler", 60),
+        "homes": topology.homes,
+        "scheduler_home": Path(stack.env["BNPIPE_HOME"]),
     }
 
 
@@ -245,11 +274,14 @@ def test_dag_run_succeeds_on_celery(celery_run):
         "plan",
         "train",
         "compare",
+        "approve",
+        "promote",
         "close_runs",
     }
     assert all(t.get("executor") in (None, "CeleryExecutor") for t in tis)
-    # the stack allows one retry (for the fault tests below); this run needed none
-    assert [(t["task_id"], t["map_index"]) for t in tis if t["try_number"] != 1] == []
+    # the stack allows one retry (for the fault tests below); this run needed none. approve skips itself
+    # (approval=auto) and promote with it: a skipped task never started, whatever its try number says
+    assert [(t["task_id"], t["map_index"]) for t in tis if t["try_number"] != 1 and t["state"] != "skipped"] == []
     print(
         f"\nnative Celery stack: start {celery_run['timings']['start']:.0f} s, run {celery_run['timings']['run']:.0f} s"
     )
@@ -271,9 +303,55 @@ def test_training_variants_shared_by_both_workers(celery_run):
     assert queued_together, f"the second training task was queued only after the first ended: {placed}"
     assert first["hostname"] != second["hostname"], placed
     # every task ran on one of this test's workers, and the training tasks went through the train queue
-    assert {t["hostname"] for t in celery_run["tis"]} <= workers
+    assert {t["hostname"] for t in celery_run["tis"] if t["state"] != "skipped"} <= workers
     assert {t["queue"] for t in train} == {"train"}
     assert {t["queue"] for t in celery_run["tis"] if t["task_id"] != "train"} == {"default"}
+
+
+def _task_logs(stack, run_id: str) -> dict[str, str]:
+    """The run's task logs as the workers wrote them (one Airflow home on this host): {relative path: text}."""
+    root = stack.airflow_home / "logs"
+    return {
+        str(p.relative_to(root)): p.read_text(errors="replace")
+        for p in root.rglob("*.log")
+        if f"run_id={run_id}" in p.parts
+    }
+
+
+def test_workers_share_no_disk_the_snapshot_travels_through_mlflow(celery_run):
+    """Ingest's worker stored the snapshot in its own home and published it; the other worker, whose home
+    never saw it, fetched it from the MLflow server (the task log's fetch line) into its cache, verified,
+    and trained on it; the scheduler's home holds no snapshot."""
+    from bnpipe.core import snapshots
+
+    assert celery_run["state"] == "success"
+    homes, tis = celery_run["homes"], celery_run["tis"]
+    assert len(set(homes.values()) | {celery_run["scheduler_home"]}) == 3
+    (ingest,) = [t for t in tis if t["task_id"] == "ingest"]
+    (other,) = set(homes) - {ingest["hostname"]}
+    stored = [p.parent for p in (homes[ingest["hostname"]] / "snapshots").glob("*/meta.json")]
+    assert len(stored) == 1, stored
+    digest = stored[0].name
+    cached = homes[other] / "cache" / "snapshots" / digest
+    assert snapshots.manifest(cached) == snapshots.manifest(stored[0])  # the same files, byte for byte
+    assert not (homes[other] / "snapshots").exists()  # the other worker never ingested
+    assert not (homes[ingest["hostname"]] / "cache").exists()  # ingest's worker never fetched
+    assert list(celery_run["scheduler_home"].rglob("meta.json")) == []
+    assert any(t["hostname"] == other for t in tis if t["task_id"] == "train")
+
+    logs = _task_logs(celery_run["stack"], celery_run["run_id"])
+    fetched = [
+        (path, line)
+        for path, text in logs.items()
+        for line in text.splitlines()
+        if f"snapshot {digest} fetched from MLflow into" in line
+    ]
+    assert len(fetched) == 1, (fetched, sorted(logs))  # once per worker that lacked it: later tasks read the cache
+    assert str(cached) in fetched[0][1]
+    published = [p for p, text in logs.items() if f"snapshot {digest} published to MLflow" in text]
+    assert [Path(p).parts[-2] for p in published] == ["task_id=ingest"], published
+    line = fetched[0][1]
+    print(f"\nsnapshot fetch on {other}: {line[line.index('snapshot ' + digest) :].split(chr(34))[0]}")
 
 
 def test_results_are_in_mlflow_on_postgresql(celery_run):
@@ -300,8 +378,12 @@ def test_results_are_in_mlflow_on_postgresql(celery_run):
     conn = _pg(celery_run["mlflow_db"])
     try:
         with conn.cursor() as cur:
-            cur.execute("SELECT count(*) FROM runs WHERE lifecycle_stage = 'active'")
-            assert cur.fetchone()[0] == 5
+            cur.execute(
+                "SELECT e.name, count(*) FROM runs r JOIN experiments e ON r.experiment_id = e.experiment_id "
+                "WHERE r.lifecycle_stage = 'active' GROUP BY e.name"
+            )
+            # the DAG run's parent and 4 variants; the snapshot's one run, which the workers fetched it from
+            assert dict(cur.fetchall()) == {"bnpipe": 5, "bnpipe-snapshots": 1}
             cur.execute("SELECT version FROM registered_model_aliases WHERE name = %s AND alias = 'champion'", (MODEL,))
             assert [str(v) for (v,) in cur.fetchall()] == [champion.version]
     finally:

@@ -32,6 +32,8 @@ VARIABLES: dict[str, Variable] = {
                  "Airflow home, warm trainers' sockets, logs.", "locations"),
         Variable("BNPIPE_DATA_DIR", None, "Snapshots, one folder per content digest (default: $BNPIPE_HOME/snapshots).",
                  "locations"),
+        Variable("BNPIPE_SNAPSHOT_CACHE", None, "Snapshots a worker fetched from MLflow's artifact store, one folder "
+                 "per digest: workers need no shared disk (default: $BNPIPE_HOME/cache/snapshots).", "locations"),
         Variable("BNPIPE_INPUT_DIRS", None, "Directories (os.pathsep-separated) that csv/parquet paths from Params may "
                  "point into (default: the working directory and $BNPIPE_HOME/inbox).", "locations"),
         Variable("BNPIPE_ALLOW_ANY_PATH", "0", "1: accept any local path as data_path (trusted single-user setups).",
@@ -104,6 +106,11 @@ def home() -> Path:
 def data_dir() -> Path:
     """Where ingest stores snapshots, keyed by their digest."""
     return Path(get("BNPIPE_DATA_DIR") or home() / "snapshots").resolve()
+
+
+def snapshot_cache_dir() -> Path:
+    """Where this worker keeps snapshots it fetched from MLflow (``bnpipe.mlflow_edge.snapshot_store``)."""
+    return Path(get("BNPIPE_SNAPSHOT_CACHE") or home() / "cache" / "snapshots").resolve()
 
 
 def allowed_input_dirs() -> list[Path]:

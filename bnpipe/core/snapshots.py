@@ -214,14 +214,34 @@ def _store_snapshot(target: Path, loaded: Loaded, req: IngestRequest, digest: st
             "notes": loaded.notes,
         }
         (tmp / "meta.json").write_text(json.dumps(meta, indent=2))
-        try:
-            tmp.rename(target)
-        except OSError:  # another task stored the same snapshot first: theirs is identical
-            if not (target / "meta.json").exists():
-                raise
+        place(tmp, target)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def place(tmp: Path, target: Path) -> bool:
+    """Rename the finished directory ``tmp`` to ``target``, atomically; False when another process placed
+    the same snapshot there first (theirs is identical: same digest) and ``tmp`` stays for the caller."""
+    try:
+        tmp.rename(target)
+    except OSError:
+        if not (target / "meta.json").exists():
+            raise
+        return False
+    return True
+
+
+def manifest(snapshot_dir: str | Path) -> dict:
+    """``{file name: {"sha256": hex, "bytes": size}}`` of every file of a stored snapshot."""
+    out = {}
+    for path in sorted(Path(snapshot_dir).iterdir()):
+        h = hashlib.sha256()
+        with path.open("rb") as fh:
+            for block in iter(lambda: fh.read(1 << 22), b""):
+                h.update(block)
+        out[path.name] = {"sha256": h.hexdigest(), "bytes": path.stat().st_size}
+    return out
 
 
 def replicate_split(snapshot_dir: str | Path, replicate: int):

@@ -21,7 +21,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bnpipe.mlflow_edge import champion, evaluation, tracking
+from bnpipe.mlflow_edge import champion, evaluation, snapshot_store, tracking
 from bnpipe.mlflow_edge.champion import ALIAS
 from bnpipe.mlflow_edge.summary import Champion, RunSummary, ranked_first, variant_rows
 
@@ -250,7 +250,7 @@ def _rescore(model, snapshot: dict, metric: str) -> float:
     from bnpipe.core.train import evaluate
 
     split = metric.split("_", 1)[0]
-    return evaluate(model, snapshot["path"], split)[metric]
+    return evaluate(model, snapshot_store.local_snapshot(snapshot)["path"], split)[metric]
 
 
 def _holder(client, name: str, mv, snapshot: dict, metric: str) -> champion.Holder:

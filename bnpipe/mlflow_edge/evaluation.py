@@ -14,7 +14,7 @@ the Keras model in memory, for every variant. This checks the artifact that gets
 
 from __future__ import annotations
 
-from bnpipe.mlflow_edge import tracking
+from bnpipe.mlflow_edge import snapshot_store, tracking
 
 PREFIX = "test_"
 MARKER = PREFIX + "accuracy_score"  # on a run once its model was evaluated
@@ -34,7 +34,7 @@ def evaluate_model(client, model_uri: str, run_id: str, snapshot: dict) -> dict:
     if MARKER in run.data.metrics:
         return {k: v for k, v in run.data.metrics.items() if k.startswith(PREFIX) and k not in OWN}
     model_id = model_uri.removeprefix("models:/") if model_uri.startswith("models:/m-") else None
-    X, y = snapshots.load_split(snapshot["path"], "test")
+    X, y = snapshots.load_split(snapshot_store.local_snapshot(snapshot, client)["path"], "test")
     columns = snapshot["feature_names"] if len(snapshot["input_shape"]) == 1 else None
     schema, where = tracking.input_schema(snapshot), f"{snapshot['dataset']}'s test split"
     probabilities = [f"proba_{c}" for c in snapshot["classes"]]

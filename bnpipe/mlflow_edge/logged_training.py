@@ -20,7 +20,7 @@ from pathlib import Path
 from bnpipe.core import train
 from bnpipe.core.train import TrainConfig
 from bnpipe.core.variants import Variant
-from bnpipe.mlflow_edge import tracking
+from bnpipe.mlflow_edge import snapshot_store, tracking
 
 # Seconds between system-metrics samples (MLflow's default is 10, longer than many variants train).
 # MLflow's own settings win: MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL, and
@@ -90,6 +90,7 @@ def train_and_log(
     t_connect = time.perf_counter()
     client = tracking.connect()
     client = tracking.Timed(client, time.perf_counter() - t_connect)  # -> metric mlflow_seconds
+    data = snapshot_store.local_snapshot(snapshot, client)["path"]  # fetched only if not on this worker
     key = train.train_key(snapshot["digest"], variant, cfg)
     run_id = tracking.start_variant_run(
         client,
@@ -125,7 +126,7 @@ def train_and_log(
         system = SystemMetrics(client, run_id)
         t0 = time.perf_counter()
         model, history, diverged, extra = train.fit(
-            variant, snapshot["path"], cfg, on_epoch=log_epoch, on_metrics=pending.extend, stop=stop
+            variant, data, cfg, on_epoch=log_epoch, on_metrics=pending.extend, stop=stop
         )
         system.stop()
         train_seconds = time.perf_counter() - t0
@@ -139,7 +140,7 @@ def train_and_log(
             client.set_logged_model_tags(model_id, {tracking.TAG + "status": status})
             tracking.finish_variant_model(client, run_id, model_id, summary["epochs_run"], None)
         else:
-            summary.update(train.evaluate(model, snapshot["path"], "test"))
+            summary.update(train.evaluate(model, data, "test"))
             with tempfile.TemporaryDirectory() as tmp:
                 path = Path(tmp) / "model.keras"
                 t_save = time.perf_counter()

@@ -86,6 +86,7 @@ class Stack:
         self.mlflow_backend_uri = mlflow_backend_uri or f"sqlite:///{self.mlflow_dir / 'mlflow.db'}"
         self.executor = executor
         self._procs: dict[str, subprocess.Popen] = {}
+        self._worker_homes: set[Path] = set()  # a worker given its own BNPIPE_HOME keeps its warm trainers there
         self._client: AirflowClient | None = None
 
         # the shell's Airflow and MLflow settings would steer the components: they get the stack's own
@@ -225,18 +226,28 @@ class Stack:
             raise
 
     def start_celery_worker(
-        self, hostname: str, queues=("default", "train"), concurrency: int = 1, extra_env: dict | None = None
+        self,
+        hostname: str,
+        queues=("default", "train"),
+        concurrency: int = 1,
+        extra_env: dict | None = None,
+        prefix: tuple[str, ...] = (),
     ) -> int:
         """Start an ``airflow celery worker`` (the stack must use CeleryExecutor); returns its PID.
 
         The worker's environment has ``BNPIPE_HOSTNAME=hostname``: with ``[core] hostname_callable =
         bnpipe.base.settings.hostname`` its task instances record that name, so workers on one host differ.
+        ``extra_env`` may give it a ``BNPIPE_HOME`` of its own (no disk shared with the other components:
+        snapshots reach it through MLflow); ``stop`` stops the warm trainers there too. ``prefix``: a command
+        the worker runs under (it must ``exec`` the rest, so the recorded PID is the worker's), e.g. one
+        that gives it a private view of the disk.
         """
         cmd = [
-            sys.executable, "-m", "airflow", "celery", "worker", "--celery-hostname", hostname,
+            *prefix, sys.executable, "-m", "airflow", "celery", "worker", "--celery-hostname", hostname,
             "--queues", ",".join(queues), "--concurrency", str(concurrency), "--skip-serve-logs",
         ]  # fmt: skip
         env = {**self.env, "BNPIPE_HOSTNAME": hostname, **{k: str(v) for k, v in (extra_env or {}).items()}}
+        self._worker_homes.add(Path(env["BNPIPE_HOME"]))
         return self._spawn(f"celery-worker-{hostname}", cmd, env)
 
     def _check_running(self, components) -> None:
@@ -280,7 +291,7 @@ class Stack:
 
     def stop(self) -> None:
         """Stop the process groups recorded under ``run/``, newest first, then the training tasks'
-        warm trainers (``bnpipe.operations.warm``) under this stack's BNPIPE_HOME. Idempotent."""
+        warm trainers (``bnpipe.operations.warm``) under this stack's BNPIPE_HOME and its workers'. Idempotent."""
         from bnpipe.operations import warm
 
         order = list(reversed(COMPONENTS))
@@ -291,7 +302,8 @@ class Stack:
             if proc is not None:
                 proc.wait(timeout=30)
             self._pid_file(name).unlink(missing_ok=True)
-        warm.stop_all(Path(self.env["BNPIPE_HOME"]))
+        for home in {Path(self.env["BNPIPE_HOME"]), *self._worker_homes}:
+            warm.stop_all(home)
 
     # ------------------------------------------------------------- context
     def __enter__(self) -> Stack:
