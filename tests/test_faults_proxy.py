@@ -7,8 +7,11 @@ fault-free run; a fault that persists fails loudly, naming the call, with the al
 
 from __future__ import annotations
 
+import json
 import math
 import os
+import shutil
+from pathlib import Path
 
 import pytest
 from fault_proxy import Fault, FaultProxy
@@ -66,8 +69,13 @@ def models(tmp_path_factory):
 
 
 def _snap(models, dataset, digest):
+    """The snapshot as XCom carries it, stored on this host under its digest (its meta.json names it)."""
+    folder = Path(models["snapshot"]).with_name(f"snapshot-{digest}")
+    if not folder.exists():
+        shutil.copytree(models["snapshot"], folder)
+        (folder / "meta.json").write_text(json.dumps({"digest": digest}))
     return {
-        "dataset": dataset, "digest": digest, "path": models["snapshot"], "input_shape": [3],
+        "dataset": dataset, "digest": digest, "path": str(folder), "input_shape": [3],
         "feature_names": ["a", "b", "c"], "classes": ["0", "1"], "n_train": 60, "n_val": 20, "n_test": 20,
     }  # fmt: skip
 

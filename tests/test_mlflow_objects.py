@@ -78,7 +78,7 @@ def test_every_variant_has_a_logged_model_linked_to_its_run_and_datasets(dag_run
     assert [r["status"] for r in p["results"]] == ["ok", "ok", "diverged"]
     for r in p["results"]:
         model, run = c.get_logged_model(r["model_id"]), c.get_run(r["run_id"])
-        assert model.source_run_id == r["run_id"] and model.name == r["name"]
+        assert model.source_run_id == r["run_id"] and model.name == tracking.logged_model_name(r["name"])
         assert r["model_id"] in {o.model_id for o in run.outputs.model_outputs}
         assert model.params["learning_rate"] == run.data.params["learning_rate"]
         assert model.tags["bnpipe.train_key"] == r["train_key"]
@@ -204,3 +204,17 @@ def test_an_image_models_evaluation_feeds_it_its_tensors(dag_run):
     assert out["version"] == 1 and m["test_example_count"] == snapshot["n_test"]
     assert m[evaluation.MARKER] == pytest.approx(m["test_accuracy"], abs=1e-6)
     assert "test_f1_score" in m and "test_true_positives" not in m  # ten classes: no two-class confusion counts
+
+
+def test_a_variant_whose_name_has_a_dot_gets_its_logged_model(tmp_path):
+    """A learning rate puts a "." in the variant's name (``sgd0.05``), which MLflow refuses in a model name."""
+    from mlflow import MlflowClient
+
+    name = Variant(learning_rate=0.05, hidden=(16,)).name
+    assert "." in name
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    exp = client.create_experiment("objects", artifact_location=str(tmp_path / "artifacts"))
+    run_id = client.create_run(exp).info.run_id
+    model_id = tracking.create_variant_model(client, exp, run_id, name, {"learning_rate": 0.05}, {})
+    got = client.get_logged_model(model_id)
+    assert got.name == name.replace(".", "_") and got.source_run_id == run_id

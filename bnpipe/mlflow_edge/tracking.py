@@ -17,6 +17,7 @@ global "active run" state.
 from __future__ import annotations
 
 import json
+import re
 import time
 
 from bnpipe.base import settings
@@ -241,13 +242,23 @@ MODEL_METRICS = {"training": ("loss", "accuracy"), "validation": ("val_loss", "v
                  "test": ("test_loss", "test_accuracy")}  # fmt: skip
 
 
+# MLflow refuses these in a LoggedModel's name; a variant's name has a "." for a learning rate (sgd0.05)
+MODEL_NAME_FORBIDDEN = re.compile(r"""[/:.%"']""")
+
+
+def logged_model_name(variant_name: str) -> str:
+    """The LoggedModel's name for a variant: its name with MLflow's forbidden characters as "_"."""
+    return MODEL_NAME_FORBIDDEN.sub("_", variant_name)
+
+
 def create_variant_model(client, experiment_id: str, run_id: str, name: str, params: dict, tags: dict) -> str:
     """A PENDING LoggedModel for the variant trained in ``run_id``; returns its id."""
     params = {k: _param_value(v) for k, v in params.items()}
     tags = {k: str(v) for k, v in tags.items()}
     model = client.create_logged_model(
-        experiment_id, name=name, source_run_id=run_id, tags=tags, params=params, model_type=MODEL_TYPE
-    )
+        experiment_id, name=logged_model_name(name), source_run_id=run_id, tags=tags, params=params,
+        model_type=MODEL_TYPE,
+    )  # fmt: skip
     return model.model_id
 
 
