@@ -10,27 +10,10 @@ from urllib.parse import unquote, urlparse
 
 import numpy as np
 import pytest
+from test_compare import Faulty  # a real MlflowClient that counts its calls (fails only when asked)
 
 from bnpipe.core import snapshots, sources
 from bnpipe.mlflow_edge import snapshot_store, tracking
-
-
-class Recording:
-    """A real ``MlflowClient`` that counts its method calls by name."""
-
-    def __init__(self, client):
-        self._client, self.calls = client, {}
-
-    def __getattr__(self, name):
-        attr = getattr(self._client, name)
-        if not callable(attr):
-            return attr
-
-        def call(*args, **kwargs):
-            self.calls[name] = self.calls.get(name, 0) + 1
-            return attr(*args, **kwargs)
-
-        return call
 
 
 class NoMlflow:
@@ -92,7 +75,7 @@ def _moved_away(snapshot: dict) -> Path:
 
 def test_publishing_twice_uploads_once(ingested, home):
     snapshot = ingested
-    client = Recording(tracking.connect())
+    client = Faulty(tracking.connect())
     first = snapshot_store.publish(snapshot, client)
     second = snapshot_store.publish(snapshot, client)
 
@@ -115,7 +98,7 @@ def test_a_failed_upload_is_not_taken_for_a_stored_copy(ingested):
     from mlflow.exceptions import MlflowException
 
     snapshot = ingested
-    client = Recording(tracking.connect())
+    client = Faulty(tracking.connect())
     real = client._client.log_artifact
 
     def broken(*args, **kwargs):
@@ -137,7 +120,7 @@ def test_a_failed_upload_is_not_taken_for_a_stored_copy(ingested):
 def test_a_worker_without_the_snapshot_fetches_and_verifies_it(published, worker, capsys):
     snapshot, client = published
     away = _moved_away(snapshot)
-    counted = Recording(client)
+    counted = Faulty(client)
 
     local = snapshot_store.local_snapshot(snapshot, counted)
 
