@@ -57,6 +57,19 @@ def run_module(module: str, args: list[str], env: dict, timeout: float = 1800) -
         out.unlink(missing_ok=True)
 
 
+def child_main(module: str, commands: dict, argv: list[str] | None = None) -> None:
+    """The other side of ``run_module``: ``python -m <module> <command> --config JSON --out FILE`` runs
+    ``commands[command](config)`` and writes its result to FILE as JSON."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog=f"python -m {module}")
+    parser.add_argument("command", choices=sorted(commands))
+    parser.add_argument("--config", required=True, help="JSON")
+    parser.add_argument("--out", required=True)
+    args = parser.parse_args(argv)
+    Path(args.out).write_text(json.dumps(commands[args.command](json.loads(args.config))))
+
+
 def epoch_periods(client, run_id: str, key: str = "loss") -> list[float]:
     """Seconds between consecutive epochs' ``key`` metric, from the timestamps the trainer logged:
     one full epoch each (training, validation, instrumentation, logging), compile excluded."""

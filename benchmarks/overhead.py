@@ -19,14 +19,12 @@ extra, BN recalibration, the test evaluation and the clean-up.
 
 from __future__ import annotations
 
-import argparse
-import json
 import statistics
 import time
 from dataclasses import replace
 from pathlib import Path
 
-from benchmarks.common import rotated
+from benchmarks.common import child_main, rotated
 
 ARMS = ("before", "no_xla", "cold")  # ``warm`` runs right after ``cold``: it needs cold's compiled models
 
@@ -93,12 +91,7 @@ def run_grid(cfg: dict) -> dict:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.overhead")
-    parser.add_argument("command", choices=["grid"])
-    parser.add_argument("--config", required=True, help="JSON")
-    parser.add_argument("--out", required=True)
-    args = parser.parse_args(argv)
-    Path(args.out).write_text(json.dumps(run_grid(json.loads(args.config))))
+    child_main("benchmarks.overhead", {"grid": run_grid}, argv)
 
 
 if __name__ == "__main__":

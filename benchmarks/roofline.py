@@ -27,15 +27,13 @@ bound is min(peak, bandwidth * FLOPs / bytes).
 
 from __future__ import annotations
 
-import argparse
-import json
 import math
 import statistics
 import threading
 import time
 from pathlib import Path
 
-from benchmarks.common import dense_flops_per_sample, rotated
+from benchmarks.common import child_main, dense_flops_per_sample, rotated
 from benchmarks.trainer import matmul_peak
 
 ARMS = ("peak", "triad", "trainer", "matmuls")  # "trainer" also times the bare step
@@ -247,12 +245,7 @@ def measure(cfg: dict) -> dict:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.roofline")
-    parser.add_argument("command", choices=["measure"])
-    parser.add_argument("--config", required=True, help="JSON")
-    parser.add_argument("--out", required=True)
-    args = parser.parse_args(argv)
-    Path(args.out).write_text(json.dumps(measure(json.loads(args.config))))
+    child_main("benchmarks.roofline", {"measure": measure}, argv)
 
 
 if __name__ == "__main__":

@@ -17,12 +17,9 @@ training task of the DAG does, through a warm trainer (used by row 5).
 
 from __future__ import annotations
 
-import argparse
-import json
 import time
-from pathlib import Path
 
-from benchmarks.common import dense_flops_per_sample, epoch_periods, rotated, summary
+from benchmarks.common import child_main, dense_flops_per_sample, epoch_periods, rotated, summary
 
 ARMS = ("trainer", "trainer_noinst", "plain")
 
@@ -200,14 +197,7 @@ def one_task(cfg: dict) -> dict:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.trainer")
-    parser.add_argument("command", choices=["compare", "task"])
-    parser.add_argument("--config", required=True, help="JSON")
-    parser.add_argument("--out", required=True)
-    args = parser.parse_args(argv)
-    cfg = json.loads(args.config)
-    out = compare_arms(cfg) if args.command == "compare" else one_task(cfg)
-    Path(args.out).write_text(json.dumps(out))
+    child_main("benchmarks.trainer", {"compare": compare_arms, "task": one_task}, argv)
 
 
 if __name__ == "__main__":
