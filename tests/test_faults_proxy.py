@@ -1,6 +1,6 @@
 """compare.register() against a real MLflow server behind a fault-injecting proxy.
 
-The MLflow client's own retries are off and its timeout short, so what is tested is bnpipe's
+The MLflow client's own retries are off and its timeout short (8 s: long enough for a loaded machine), so what is tested is bnpipe's
 handling: a transient fault on any registry or artifact call gives the same champion as a
 fault-free run; a fault that persists fails loudly, naming the call, with the alias unchanged.
 """
@@ -25,15 +25,18 @@ SEARCH = ("GET", "/model-versions/search")
 CREATE = ("POST", "/model-versions/create")
 DOWNLOAD = ("GET", "/mlflow-artifacts/artifacts/")
 SET_ALIAS = ("POST", "/registered-models/alias")
+# The client's timeout: with 2 s, a setup call on a machine busy with another test's training timed out.
+TIMEOUT = 8
+LATE = TIMEOUT + 2  # a delay fault answers after the client gave up
 
 
 @pytest.fixture(scope="module")
 def proxied(mlflow_server):
-    """(proxy, client through the proxy); MLflow's own retries off, a 2 s timeout."""
+    """(proxy, client through the proxy); MLflow's own retries off, an 8 s timeout (a delay fault waits longer)."""
     from mlflow.tracking import MlflowClient
 
     saved = {k: os.environ.get(k) for k in ("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "MLFLOW_HTTP_REQUEST_TIMEOUT")}
-    os.environ.update(MLFLOW_HTTP_REQUEST_MAX_RETRIES="0", MLFLOW_HTTP_REQUEST_TIMEOUT="2")
+    os.environ.update(MLFLOW_HTTP_REQUEST_MAX_RETRIES="0", MLFLOW_HTTP_REQUEST_TIMEOUT=str(TIMEOUT))
     with FaultProxy(mlflow_server) as proxy:
         yield proxy, MlflowClient(tracking_uri=proxy.url, registry_uri=proxy.url)
     for k, v in saved.items():
@@ -119,12 +122,12 @@ def test_transient_faults_on_every_call_give_the_fault_free_champion(proxied, mo
     proxy.faults = [
         Fault(*GET_ALIAS, "status", code=503),
         Fault(*GET_ALIAS, "reset"),
-        Fault(*SEARCH, "delay", seconds=3),
+        Fault(*SEARCH, "delay", seconds=LATE),
         Fault(*DOWNLOAD, "status", code=500),
         Fault(*DOWNLOAD, "drop"),
         Fault(*CREATE, "drop"),  # registered, but the answer is lost
         Fault(*SET_ALIAS, "status", code=503),
-        Fault(*SET_ALIAS, "delay", seconds=3),  # set, but the answer is lost
+        Fault(*SET_ALIAS, "delay", seconds=LATE),  # set, but the answer is lost
     ]
     try:
         faulty = compare.register(client, [challenger], _snap(models, "fp-flt", "d2"), "val_accuracy")

@@ -26,7 +26,7 @@ import pytest
 from conftest import BNPIPE, ROOT, cli_env
 from fault_proxy import FaultProxy
 
-pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(480)]
 
 MODEL = "bnpipe-wine"
 COMMON = ["run", "--dataset", "wine", "--grid", "custom", "--hidden", "[16]", "--batch-size", "16", "--parallel"]
@@ -143,7 +143,7 @@ def test_two_deployments_racing_on_one_registry_leave_the_better_champion(mlflow
                 (outs[who] / "home").mkdir(parents=True)
                 procs[who] = _start(RUNS[who], outs[who] / "home", proxy[who], outs[who])
             for who, proc in procs.items():
-                rc = proc.wait(timeout=210)
+                rc = proc.wait(timeout=420)  # two embedded Airflows at once, beside the other xdist worker
                 text = (outs[who] / "stdout").read_text()[-3000:] + (outs[who] / "stderr").read_text()[-3000:]
                 assert rc == 0, f"{who} run failed:\n{text}"
         finally:  # a failed or timed-out test leaves no run behind: interrupted, bnpipe run stops its children
