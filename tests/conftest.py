@@ -80,7 +80,9 @@ def mlflow_server(tmp_path_factory):
 
 # Shared by several modules: the DAG folder parsed once (test_dag_integrity.py, test_scoring.py) and
 # the real stack of Airflow and MLflow servers (test_stack_e2e.py, test_browser.py, test_faults_stack.py).
+# One finished smoke run is read by three modules (tests/run_fixtures.py).
 from dag_fixtures import parsed  # noqa: E402, F401
+from run_fixtures import smoke_run  # noqa: E402, F401
 from stack_fixtures import live_stack, stack_run  # noqa: E402, F401
 
 
@@ -124,12 +126,15 @@ STACK_MODULES = {
     "test_stack_e2e", "test_browser", "test_faults_stack", "test_assets", "test_benchmarks_smoke", "test_inbox",
     "test_approval",
 }  # fmt: skip
+SMOKE_RUN_MODULES = {"test_pipeline_integration", "test_scoring", "test_progress"}
+SHARED = {"stack": ({"live_stack", "stack_run"}, STACK_MODULES), "smoke-run": ({"smoke_run"}, SMOKE_RUN_MODULES)}
 
 
 def scope_of(nodeid: str) -> str:
-    """The unit a worker takes whole: the module, or "stack" for the modules sharing the real stack."""
+    """The unit a worker takes whole: the module, or the name of a group of modules sharing a session fixture."""
     module = nodeid.split("::", 1)[0]
-    return "stack" if Path(module).stem in STACK_MODULES else module
+    stem = Path(module).stem
+    return next((name for name, (_, modules) in SHARED.items() if stem in modules), module)
 
 
 @pytest.hookimpl(optionalhook=True)
@@ -144,8 +149,9 @@ def pytest_xdist_make_scheduler(config, log):
 
 
 def pytest_collection_modifyitems(config, items):
+    """A module using a shared session fixture must be in its group, or a second worker would start it again."""
     for item in items:
         module = item.module.__name__.rsplit(".", 1)[-1]
-        uses_stack = bool({"live_stack", "stack_run"} & set(getattr(item, "fixturenames", ())))
-        if uses_stack and module not in STACK_MODULES:
-            raise pytest.UsageError(f"{module} uses the session stack: add it to STACK_MODULES in conftest.py")
+        for name, (fixtures, modules) in SHARED.items():
+            if fixtures & set(getattr(item, "fixturenames", ())) and module not in modules:
+                raise pytest.UsageError(f"{module} uses the shared {name!r} fixtures: add it to that group in conftest")

@@ -1,8 +1,9 @@
 """compare.register() against a real MLflow server behind a fault-injecting proxy.
 
-The MLflow client's own retries are off and its timeout short (8 s: long enough for a loaded machine), so what is tested is bnpipe's
-handling: a transient fault on any registry or artifact call gives the same champion as a
-fault-free run; a fault that persists fails loudly, naming the call, with the alias unchanged.
+The MLflow client's own retries are off and its timeout short (8 s: enough on a loaded machine),
+so what is tested is bnpipe's handling: a transient fault on any registry or artifact call gives
+the same champion as a fault-free run; a fault that persists fails loudly, naming the call, with
+the alias unchanged.
 """
 
 from __future__ import annotations

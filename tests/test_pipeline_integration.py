@@ -1,4 +1,7 @@
-"""The whole DAG, run through Airflow with its LocalExecutor, against a real MLflow store in a temp dir."""
+"""The whole DAG, run through Airflow with its LocalExecutor, against a real MLflow store in a temp dir.
+
+The run is the shared smoke run (tests/run_fixtures.py): 4 configurations x 3 seeds on breast_cancer.
+"""
 
 from __future__ import annotations
 
@@ -10,22 +13,16 @@ import numpy as np
 import pytest
 from conftest import run_cli
 from dag_fixtures import embedded_task_rows, most_at_once
+from run_fixtures import SEEDS, SMOKE_ARGS, TRAIN_CONCURRENCY
 
 pytestmark = pytest.mark.integration
 
-ARGS = ["run", "--dataset", "breast_cancer", "--grid", "smoke", "--epochs", "3", "--batch-size", "16"]
-TRAIN_CONCURRENCY = 2  # training tasks at once, whatever the machine's cores (default: one per core)
+VARIANTS = 4 * SEEDS  # the smoke grid's 4 configurations
 
 
-@pytest.fixture(scope="module")
-def first_run(tmp_path_factory):
-    home = tmp_path_factory.mktemp("pipeline") / "home"
-    home.mkdir()
-    summary_path = home.parent / "summary.json"
-    concurrency = {"BNPIPE_TRAIN_CONCURRENCY": str(TRAIN_CONCURRENCY)}
-    proc = run_cli([*ARGS, "--parallel", "--summary-json", str(summary_path)], home, extra_env=concurrency)
-    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
-    return home, json.loads(summary_path.read_text()), proc.stdout
+@pytest.fixture
+def first_run(smoke_run):
+    return smoke_run.home, smoke_run.summary, smoke_run.proc.stdout
 
 
 def _client(home):
@@ -51,7 +48,7 @@ def test_parent_and_nested_variant_runs(first_run):
     assert tags["bnpipe.airflow_link"].endswith(tags["bnpipe.dag_run_id"])
     children = c.search_runs([summary["experiment_id"]], f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")
     names = sorted(r.info.run_name for r in children)
-    assert names == sorted(v["name"] for v in summary["variants"]) and len(names) == 4
+    assert names == sorted(v["name"] for v in summary["variants"]) and len(names) == VARIANTS
     for r in children:
         assert r.info.status == "FINISHED"
         assert r.data.params["preprocessing"] in ("standard", "bn_first")
@@ -73,9 +70,10 @@ def test_parent_and_nested_variant_runs(first_run):
 def test_mapped_training_tasks_overlapped(first_run):
     """--parallel ran as many training tasks at once as the training concurrency allows, and no more
     (Airflow's own record of when each task ran, not the MLflow runs inside them)."""
-    home, _, _ = first_run
-    tis = embedded_task_rows(home, "train")
-    assert len(tis) == 4 and all(t["state"] == "success" for t in tis), tis
+    home, summary, _ = first_run
+    run_id = summary["dag_run_id"]
+    tis = [t for t in embedded_task_rows(home, "train") if t["run_id"] == run_id]  # not the second run's
+    assert len(tis) == VARIANTS and all(t["state"] == "success" for t in tis), tis
     spans = [(t["start_date"], t["end_date"]) for t in tis]
     assert most_at_once(spans) == TRAIN_CONCURRENCY, sorted(spans)
 
@@ -123,7 +121,7 @@ def test_registered_champion_takes_raw_inputs(first_run):
 def test_second_run_adds_no_duplicate_version(first_run):
     home, summary, _ = first_run
     before = datetime.now().timestamp() * 1000
-    proc = run_cli([*ARGS, "--summary-json", str(home.parent / "second.json")], home)
+    proc = run_cli([*SMOKE_ARGS, "--summary-json", str(home.parent / "second.json")], home)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     second = json.loads((home.parent / "second.json").read_text())
     c = _client(home)
@@ -150,8 +148,12 @@ def test_claims_report_logged_to_parent_and_variants_instrumented(first_run):
     verdicts = c.download_artifacts(summary["parent_run_id"], "report/verdicts.json", str(home.parent))
     doc = json.loads(Path(verdicts).read_text())
     e = next(v for v in doc["claims"] if v["claim"] == "4e")
-    assert e["comparisons"] and all(c["n"] == 1 for c in e["comparisons"])  # one seed: one replicate
-    assert e["verdict"] == "inconclusive" and "at least 3 seeds" in e["reason"]  # a 1-seed run decides nothing
+    assert e["comparisons"] and all(c["n"] == SEEDS for c in e["comparisons"])  # one replicate per seed
+    for comparison in e["comparisons"]:  # n=3: an interval, its margin and the test it came from
+        assert comparison["test"] and comparison["margin"] > 0, comparison
+        lo, hi = comparison["interval"]
+        assert lo <= comparison["estimate"] <= hi and comparison["level"] == 0.95, comparison
+    assert e["verdict"] in ("holds", "does not hold", "inconclusive")
     for v in summary["variants"]:
         metrics = c.get_run(v["run_id"]).data.metrics
         assert {"grad_norm/dense_0", "grad_norm/output", "grad_log10_ratio", "gen_gap_accuracy"} <= set(metrics)
