@@ -115,7 +115,10 @@ def _variant_run(client, exp, parent, timeout: float = 300):
     return _wait(found, timeout, "the variant run's first epoch")
 
 
-LONG = TrainConfig(epochs=3000, batch_size=8, threads=1)  # many minutes of work: only an abort ends it in time
+# Many minutes of work: only an abort ends it in time. Without XLA (which this many steps would switch
+# on), so the first epoch comes seconds after the start and a short task timeout still falls inside the fit.
+LONG = TrainConfig(epochs=3000, batch_size=8, threads=1, jit_compile=False)
+TASK_TIMEOUT = "30"  # the task's execution_timeout, seconds
 
 
 def test_a_killed_task_stops_its_trainer_and_the_run_is_killed(setup, home):
@@ -133,7 +136,7 @@ def test_a_killed_task_stops_its_trainer_and_the_run_is_killed(setup, home):
 
 def test_a_task_that_fails_while_waiting_marks_its_run_failed(setup):
     snapshot, client, exp, parent = setup
-    task = _task(_args(snapshot, exp, parent, Variant(hidden=(32,)), LONG), "60")
+    task = _task(_args(snapshot, exp, parent, Variant(hidden=(32,)), LONG), TASK_TIMEOUT)
     run = _variant_run(client, exp, parent)
     _, err = task.communicate(timeout=120)
     assert task.returncode != 0 and "TaskTimeout: execution_timeout" in err  # the task failed with its own error
@@ -142,7 +145,7 @@ def test_a_task_that_fails_while_waiting_marks_its_run_failed(setup):
 
 def test_a_trainer_that_does_not_answer_the_abort_is_killed_and_the_slot_recovers(setup, home):
     snapshot, client, exp, parent = setup
-    task = _task(_args(snapshot, exp, parent, Variant(hidden=(32,)), LONG), "60", "2")
+    task = _task(_args(snapshot, exp, parent, Variant(hidden=(32,)), LONG), TASK_TIMEOUT, "2")
     _variant_run(client, exp, parent)
     (hung,) = warm.running(home)
     os.kill(hung["pid"], signal.SIGSTOP)  # a trainer stuck in its job
