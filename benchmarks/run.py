@@ -10,7 +10,9 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import re
 import shutil
+import statistics
 import sys
 import tempfile
 import time
@@ -19,7 +21,7 @@ from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
 
-from benchmarks import grid, ingest
+from benchmarks import grid, ingest, scaleout
 from benchmarks.common import ROOT, child_env, run_module, summary
 
 SIZES = {
@@ -39,6 +41,12 @@ SIZES = {
         # row 8: the issue's small-data case (a wine grid of 3 epochs: 4 steps per epoch), one trainer process
         "overhead": {"dataset": "wine", "grid": "smoke", "seeds": 2, "epochs": 3, "batch_size": 32, "reps": 3},
         "roofline": {"max_rows": 20000, "epochs": 3, "batch_size": 32, "reps": 3, "triad_mib": 256},
+        # row 10: the default grid's 8 configurations x 2 seeds on digits, one worker vs. two (one core each);
+        # at 10 epochs a variant trained in ~3.6 s of a ~9 s task cycle: 30 epochs make training the larger part
+        "scaleout": {
+            "conf": {"dataset": "digits", "grid": "default", "seeds": 2, "epochs": 30, "batch_size": 32},
+            "reps": 2,
+        },
     },
     "smoke": {
         "reps": 1,
@@ -58,6 +66,17 @@ SIZES = {
         "peak": {"n": 512, "trials": 1, "per_trial": 2},
         "overhead": {"dataset": "wine", "grid": "smoke", "seeds": 1, "epochs": 2, "batch_size": 32, "reps": 1},
         "roofline": {"max_rows": 600, "epochs": 3, "batch_size": 32, "reps": 1, "triad_mib": 32},
+        # row 10: two variants of one epoch, one repetition (still a stack start and two DAG runs)
+        "scaleout": {
+            "conf": {
+                "dataset": "breast_cancer",
+                "grid": "custom",
+                "axes": {"preprocessing": ["standard", "bn_first"]},
+                "hidden": [16],
+                "epochs": 1,
+            },
+            "reps": 1,
+        },
     },
 }
 
@@ -276,6 +295,28 @@ def roofline_rows(res: dict) -> list[dict]:
     ]  # fmt: skip
 
 
+def scaleout_rows(res: dict) -> list[dict]:
+    """Row 10: training throughput of two Celery workers on one core each against one."""
+    runs = res["runs"]
+    vpm = {arm: [r["variants_per_minute"] for r in runs[arm]] for arm in runs}
+    idle = {arm: [100 * statistics.mean(w["idle_seconds"] / r["seconds"] for w in r["workers"].values())
+                  for r in runs[arm]] for arm in runs}  # fmt: skip
+    target = res["target"]
+    return [
+        _row("10a", "Celery scale-out: two workers on one core each / one worker on one core, training "
+             "throughput (variants/min)", res["ratio"], "x", f">= {target}",
+             _check(res["ratio"], lambda m: m >= target)),
+        _row("10b", "  one worker (`taskset -c 0`), variants/min in the training phase", vpm["one"], "variants/min"),
+        _row("10c", "  two workers (`taskset -c 0`, `-c 1`), variants/min in the training phase", vpm["two"],
+             "variants/min"),
+        _row("10d", "  training phase (first `train` start to last end), one worker",
+             [r["seconds"] for r in runs["one"]], "s", digits=1),
+        _row("10e", "  training phase, two workers", [r["seconds"] for r in runs["two"]], "s", digits=1),
+        _row("10f", "  a worker's time without a training task in the phase, one worker", idle["one"], "%", digits=1),
+        _row("10g", "  the same, two workers (mean over the workers)", idle["two"], "%", digits=1),
+    ]  # fmt: skip
+
+
 def _fmt(v, digits):
     return "-" if v is None else f"{v:,.{digits}f}"
 
@@ -313,6 +354,10 @@ def run(mode: str = "full", stack=None, out: Path | None = None, argv: list[str]
     levels = sorted({1, 2, cores, 2 * cores}) if mode == "full" else [1, 2]
     started = time.monotonic()
     load_before = os.getloadavg()
+    # row 10 needs PostgreSQL, Redis, taskset and two cores: say so before an hour of other rows, not after
+    scaleout_missing = "; ".join(scaleout.missing())
+    if scaleout_missing and mode == "full":
+        raise scaleout.Unavailable(f"row 10 (Celery scale-out) cannot run here: {scaleout_missing}")
 
     def say(msg: str) -> None:
         log(f"[{time.monotonic() - started:5.0f} s] {msg}")
@@ -377,12 +422,19 @@ def run(mode: str = "full", stack=None, out: Path | None = None, argv: list[str]
         cfg = {**size["roofline"], "threads": cores, "store": store, "peak": size["peak"],
                "variant": {"preprocessing": "bn_first", "initializer": "he_normal"}}  # fmt: skip
         raw["roofline"] = run_module("benchmarks.roofline", ["measure", "--config", json.dumps(cfg)], child_env())
+    if scaleout_missing:
+        say(f"row 10 skipped: {scaleout_missing}")
+    else:  # its own Celery stack, after the LocalExecutor one has stopped
+        say(f"row 10: one Celery worker vs. two, one core each, {size['scaleout']['reps']} repetition(s) ...")
+        args = ["--config", json.dumps(size["scaleout"])]
+        raw["scaleout"] = run_module("benchmarks.scaleout", args, child_env(), timeout=7200)
 
     rows = trainer_rows(raw["trainer"]) + mlflow_rows(raw["trainer"], raw["parallel"], raw["e2e"])
     g_rows, best = grid_rows(raw["e2e"], raw["parallel"], levels)
     rows += g_rows + ingest_rows(raw["ingest"], size["synthetic"])
     rows += overhead_rows(raw["overhead"]) + roofline_rows(raw["roofline"])
-    rows.sort(key=lambda r: r["id"][0])  # by row number, stable within
+    rows += scaleout_rows(raw["scaleout"]) if "scaleout" in raw else []
+    rows.sort(key=lambda r: int(re.match(r"\d+", r["id"]).group()))  # by row number, stable within
     minutes = (time.monotonic() - started) / 60
     m = raw["machine"]
     tr = raw["trainer"]
@@ -424,6 +476,7 @@ def run(mode: str = "full", stack=None, out: Path | None = None, argv: list[str]
         f"- **Row 9**: rows 1-3's variant at batch {rf['batch_size']}, {rf['threads']} threads, "
         f"{rf['params']:,} parameters; bytes per step as if nothing stayed cached between passes "
         "(`benchmarks/roofline.py` lists them).",
+        _scaleout_note(raw.get("scaleout"), scaleout_missing),
         f"- **Ceilings**: fp32 matmul peak {_fmt(peak_med, 1)} GFLOP/s (row 2a), memory bandwidth "
         f"{_fmt(bw_med, 1)} GB/s (STREAM-style triad, row 9a).",
         "",
@@ -436,6 +489,22 @@ def run(mode: str = "full", stack=None, out: Path | None = None, argv: list[str]
     if out:
         Path(out).write_text(md)
     return {"rows": rows, "markdown": md, "raw": raw, "best_concurrency": best}
+
+
+def _scaleout_note(res: dict | None, why_not: str) -> str:
+    if res is None:
+        return f"- **Row 10**: not measured: {why_not}."
+    conf = res["conf"]
+    return (
+        f"- **Row 10**: the native Celery topology of `tests/test_celery_native.py` (its own PostgreSQL databases, "
+        f"Redis DB and MLflow server), `{conf['grid']}` grid on `{conf['dataset']}` ({res['variants']} variants, "
+        f"{conf['epochs']} epochs), one DAG run per arm and repetition, {res['reps']} repetition(s) interleaved; "
+        f"fresh workers per arm, concurrency 1, each pinned to one core with `taskset` ({res['cpu']}, `nproc` "
+        f"{res['nproc']}), {res['tf_threads']} TensorFlow thread, "
+        f"`BNPIPE_TRAIN_CONCURRENCY={res['train_concurrency']}` in both arms; throughput from the `train` task "
+        "instances' start and end dates. The scheduler, api-server, dag-processor and MLflow server are not "
+        "pinned and share the cores."
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

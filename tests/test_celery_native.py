@@ -15,7 +15,6 @@ from __future__ import annotations
 import os
 import secrets
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -26,47 +25,16 @@ from pathlib import Path
 import pytest
 from dag_fixtures import most_at_once
 
+from bnpipe.operations.local_services import REDIS_HOST, REDIS_PORT, claim_redis_db, pg, pg_url, reachable, redis_db
+from bnpipe.operations.local_services import unreachable as unreachable_services
+
 pytestmark = [pytest.mark.services, pytest.mark.integration, pytest.mark.timeout(600)]
 
-PG_HOST, PG_PORT, PG_USER = "127.0.0.1", 5432, "postgres"
-REDIS_HOST, REDIS_PORT = "127.0.0.1", 6379
 DAG_ID = "bnpipe_experiment"
 CONF = {"dataset": "breast_cancer", "grid": "smoke", "epochs": 2}
 MODEL = "bnpipe-breast_cancer"
 CLAIM_KEY = "bnpipe:test-claim"
 HEARTBEAT_TIMEOUT = 30  # [scheduler] task_instance_heartbeat_timeout of the test stack, seconds
-
-
-def _reachable(host: str, port: int) -> bool:
-    try:
-        with socket.create_connection((host, port), timeout=3):
-            return True
-    except OSError:
-        return False
-
-
-def _pg(dbname: str = "postgres"):
-    import psycopg2
-
-    conn = psycopg2.connect(host=PG_HOST, port=PG_PORT, user=PG_USER, dbname=dbname, connect_timeout=5)
-    conn.autocommit = True
-    return conn
-
-
-def _pg_url(db: str, scheme: str = "postgresql+psycopg2") -> str:
-    return f"{scheme}://{PG_USER}@{PG_HOST}:{PG_PORT}/{db}"
-
-
-def _claim_redis_db(token: str):
-    """An empty Redis DB number (15 down to 1), claimed with a marker key so parallel runs skip it."""
-    import redis
-
-    for n in range(15, 0, -1):
-        r = redis.Redis(host=REDIS_HOST, port=REDIS_PORT, db=n, socket_timeout=5)
-        if r.dbsize() == 0 and r.set(CLAIM_KEY, token, nx=True) and r.dbsize() == 1:
-            return n, r
-        r.close()
-    pytest.fail("no empty Redis DB among 1..15 to run the Celery test in; flush a stale one")
 
 
 def _wait_worker_ready(stack, hostname: str, timeout: float = 120) -> None:
@@ -140,8 +108,7 @@ class Topology:
 @pytest.fixture(scope="module")
 def topology(tmp_path_factory):
     """The native Celery stack, once per module: the plain run and the fault tests share it; torn down at the end."""
-    services = (("PostgreSQL", PG_HOST, PG_PORT), ("Redis", REDIS_HOST, REDIS_PORT))
-    missing = [f"{what} at {h}:{p}" for what, h, p in services if not _reachable(h, p)]
+    missing = unreachable_services()
     if missing:
         pytest.skip(f"the native Celery test needs {' and '.join(missing)}, which is not reachable")
     from bnpipe.operations.stack import Stack
@@ -150,22 +117,23 @@ def topology(tmp_path_factory):
     airflow_db, mlflow_db = f"bnpipe_t_airflow_{token}", f"bnpipe_t_mlflow_{token}"
     workers = [f"bnpipe-w1-{token}", f"bnpipe-w2-{token}"]
     root = tmp_path_factory.mktemp("celery-stack")
-    admin = _pg()
+    admin = pg()
     created, stack, redis_n = [], None, None
     try:
         for db in (airflow_db, mlflow_db):
             with admin.cursor() as cur:
                 cur.execute(f'CREATE DATABASE "{db}"')
             created.append(db)
-        redis_n, redis_conn = _claim_redis_db(token)
-        redis_conn.close()
+        redis_n = claim_redis_db(CLAIM_KEY, token)
+        if redis_n is None:
+            pytest.fail("no empty Redis DB among 1..15 to run the Celery test in; flush a stale one")
         stack = Stack(
             root,
             executor="CeleryExecutor",
-            sql_alchemy_conn=_pg_url(airflow_db),
-            mlflow_backend_uri=_pg_url(mlflow_db),
+            sql_alchemy_conn=pg_url(airflow_db),
+            mlflow_backend_uri=pg_url(mlflow_db),
             celery_broker_url=f"redis://{REDIS_HOST}:{REDIS_PORT}/{redis_n}",
-            celery_result_backend=_pg_url(airflow_db, "db+postgresql+psycopg2"),
+            celery_result_backend=pg_url(airflow_db, "db+postgresql+psycopg2"),
             extra_env={
                 "BNPIPE_HOME": root / "bnpipe-home",
                 "BNPIPE_TRAIN_QUEUE": "train",
@@ -230,9 +198,7 @@ def topology(tmp_path_factory):
             left_dbs = cur.fetchall()
         admin.close()
         if redis_n is not None:
-            import redis
-
-            with redis.Redis(host=REDIS_HOST, port=REDIS_PORT, db=redis_n, socket_timeout=5) as r:
+            with redis_db(redis_n) as r:
                 r.flushdb()
     # teardown is part of the contract: an error here fails the module
     alive = [rec["pid"] for rec in started if rec and Path(f"/proc/{rec['pid']}").exists()]
@@ -375,7 +341,7 @@ def test_results_are_in_mlflow_on_postgresql(celery_run):
     assert parent.data.tags["bnpipe.registered_version"] == champion.version
 
     # the server really stores them in this test's PostgreSQL database
-    conn = _pg(celery_run["mlflow_db"])
+    conn = pg(celery_run["mlflow_db"])
     try:
         with conn.cursor() as cur:
             cur.execute(
@@ -488,17 +454,15 @@ def _ensure_redis() -> None:
 
 def test_redis_restart_mid_run(topology):
     """The broker restarts (empty: Redis keeps nothing on disk) while both variants train; the run still ends well."""
-    import redis
-
     stack = topology.stack
     run_id = stack.client.trigger(DAG_ID, FAULT_CONF)
     _wait_until(lambda: _training(topology, run_id), 240, "training task", lambda: topology.diagnostics(run_id))
     try:
         subprocess.run(["redis-cli", "-p", str(REDIS_PORT), "shutdown", "nosave"], capture_output=True, timeout=30)
-        _wait_until(lambda: not _reachable(REDIS_HOST, REDIS_PORT), 30, "Redis shutdown")
+        _wait_until(lambda: not reachable(REDIS_HOST, REDIS_PORT), 30, "Redis shutdown")
     finally:
         _ensure_redis()
-    with redis.Redis(host=REDIS_HOST, port=REDIS_PORT, db=topology.redis_db, socket_timeout=5) as r:
+    with redis_db(topology.redis_db) as r:
         r.set(CLAIM_KEY, topology.token)  # the claim went with the data: take the DB number again
     state, failed = _finish_or_clear(topology, run_id)
     print(f"\nRedis restart: run {state}; tasks that failed first: {failed or 'none'}")
@@ -514,7 +478,7 @@ def test_postgres_connections_terminated_mid_run(topology):
     stack = topology.stack
     run_id = stack.client.trigger(DAG_ID, FAULT_CONF)
     _wait_until(lambda: _training(topology, run_id), 240, "training task", lambda: topology.diagnostics(run_id))
-    admin = _pg()
+    admin = pg()
     try:
         with admin.cursor() as cur:
             cur.execute(

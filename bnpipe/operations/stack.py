@@ -86,7 +86,7 @@ class Stack:
         self.mlflow_backend_uri = mlflow_backend_uri or f"sqlite:///{self.mlflow_dir / 'mlflow.db'}"
         self.executor = executor
         self._procs: dict[str, subprocess.Popen] = {}
-        self._worker_homes: set[Path] = set()  # a worker given its own BNPIPE_HOME keeps its warm trainers there
+        self._worker_homes: dict[str, Path] = {}  # hostname: its BNPIPE_HOME, where its warm trainers live
         self._client: AirflowClient | None = None
 
         # the shell's Airflow and MLflow settings would steer the components: they get the stack's own
@@ -247,8 +247,18 @@ class Stack:
             "--queues", ",".join(queues), "--concurrency", str(concurrency), "--skip-serve-logs",
         ]  # fmt: skip
         env = {**self.env, "BNPIPE_HOSTNAME": hostname, **{k: str(v) for k, v in (extra_env or {}).items()}}
-        self._worker_homes.add(Path(env["BNPIPE_HOME"]))
+        self._worker_homes[hostname] = Path(env["BNPIPE_HOME"])
         return self._spawn(f"celery-worker-{hostname}", cmd, env)
+
+    def stop_celery_worker(self, hostname: str) -> None:
+        """Stop one worker of :meth:`start_celery_worker` (its recorded process group), then the warm
+        trainers under its BNPIPE_HOME unless another worker of this stack, or the stack itself, uses that home."""
+        from bnpipe.operations import warm
+
+        self._stop_component(f"celery-worker-{hostname}")
+        home = self._worker_homes.pop(hostname, None)
+        if home is not None and home not in {Path(self.env["BNPIPE_HOME"]), *self._worker_homes.values()}:
+            warm.stop_all(home)
 
     def _check_running(self, components) -> None:
         for name in components:
@@ -297,13 +307,16 @@ class Stack:
         order = list(reversed(COMPONENTS))
         names = sorted(self.recorded(), key=lambda n: order.index(n) if n in order else -1)
         for name in names:
-            procs.terminate(self.record_of(name))  # its process group, if it is still the one we started
-            proc = self._procs.pop(name, None)
-            if proc is not None:
-                proc.wait(timeout=30)
-            self._pid_file(name).unlink(missing_ok=True)
-        for home in {Path(self.env["BNPIPE_HOME"]), *self._worker_homes}:
+            self._stop_component(name)
+        for home in {Path(self.env["BNPIPE_HOME"]), *self._worker_homes.values()}:
             warm.stop_all(home)
+
+    def _stop_component(self, name: str) -> None:
+        procs.terminate(self.record_of(name))  # its process group, if it is still the one we started
+        proc = self._procs.pop(name, None)
+        if proc is not None:
+            proc.wait(timeout=30)
+        self._pid_file(name).unlink(missing_ok=True)
 
     # ------------------------------------------------------------- context
     def __enter__(self) -> Stack:
