@@ -40,7 +40,15 @@ VARIANTS = [
 ]
 
 
-def test_a_reused_compiled_model_trains_each_variant_as_a_fresh_model_does(snapshot):
+@pytest.fixture(params=["in_memory", "keras_arrays"])
+def pipeline(request, monkeypatch):
+    """Each of fit's two input pipelines: small splits (all of these) take ``_in_memory``'s, unless the limit is 0."""
+    if request.param == "keras_arrays":
+        monkeypatch.setattr(train, "IN_MEMORY_MAX_BYTES", 0)
+    return request.param
+
+
+def test_a_reused_compiled_model_trains_each_variant_as_a_fresh_model_does(snapshot, pipeline):
     fresh = {}
     for v in VARIANTS:
         train.forget_compiled_models()
@@ -55,6 +63,25 @@ def test_a_reused_compiled_model_trains_each_variant_as_a_fresh_model_does(snaps
     assert models[0] is models[1] is models[2], "variants of one graph were not trained by one compiled model"
     assert models[3] is not models[0], "a different clipping must not reuse the unclipped graph"
     train.forget_compiled_models()
+
+
+def test_the_in_memory_pipeline_shows_every_row_once_per_epoch_reshuffled_and_seeded():
+    X = np.arange(40, dtype="float32").reshape(20, 2)
+    y = np.arange(20)
+
+    def epochs(seed, n=3):
+        ds = train._in_memory(X, y, 6, seed)
+        return [np.concatenate([b[1].numpy() for b in ds]) for _ in range(n)]
+
+    first = epochs(seed=7)
+    for order in first:
+        assert sorted(order.tolist()) == list(range(20)), "an epoch must visit every row exactly once"
+    assert not np.array_equal(first[0], first[1]), "the order must change from one epoch to the next"
+    assert not np.array_equal(first[0], np.arange(20)), "training batches must be shuffled"
+    assert all(np.array_equal(a, b) for a, b in zip(first, epochs(seed=7))), "a seed must give the same orders"
+    assert not np.array_equal(first[0], epochs(seed=8)[0]), "another seed, another order"
+    rows = np.concatenate([b[0].numpy() for b in train._in_memory(X, y, 6)])
+    np.testing.assert_array_equal(rows, X)  # validation: in order, unshuffled
 
 
 def test_xla_only_for_runs_long_enough_to_pay_for_its_compilation():

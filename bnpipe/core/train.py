@@ -23,6 +23,10 @@ MODEL_ARTIFACT = "model/model.keras"
 # these MLPs (0.3-0.4 ms of ~3-4 ms per step at batch 32). Below this many steps per run it costs more than
 # it saves (docs/performance.md).
 XLA_MIN_STEPS = 10_000
+# Splits up to this size train from an in-memory tf.data pipeline built here (``_in_memory``): Keras'
+# own adapter for arrays costs ~40 ms to build and ~18 ms per epoch even on 124 rows, against ~6 ms and
+# ~2 ms; above it, that pipeline's copy of the arrays costs more than the adapter (docs/performance.md).
+IN_MEMORY_MAX_BYTES = 16 * 2**20
 # Compiled models this process keeps, one per graph (``model.graph_key``), most recently used last.
 CACHED_MODELS = 8
 _compiled_models: dict = {}
@@ -127,6 +131,16 @@ def training_model(variant: Variant, meta: dict, stats, steps_per_execution: int
     while len(_compiled_models) > CACHED_MODELS:
         _compiled_models.pop(next(iter(_compiled_models)))
     return model
+
+
+def _in_memory(X, y, batch_size: int, shuffle_seed: int | None = None):
+    """A tf.data pipeline over small in-memory arrays: every row reshuffled each epoch (seeded), in batches."""
+    import tensorflow as tf
+
+    ds = tf.data.Dataset.from_tensor_slices((X, y))
+    if shuffle_seed is not None:
+        ds = ds.shuffle(len(y), seed=shuffle_seed, reshuffle_each_iteration=True)
+    return ds.batch(batch_size)
 
 
 def train_key(snapshot_digest: str, variant: Variant, cfg: TrainConfig) -> str:
@@ -239,16 +253,12 @@ def fit(variant: Variant, snapshot_path: str, cfg: TrainConfig, on_epoch=None, o
         sink = on_metrics or (lambda rows: None)
         probe = instrument.callback(X_tr, y_tr, X_va, y_va, cfg.batch_size, steps, sink, cfg.grad_every_steps)
         callbacks.insert(0, probe)
-    hist = model.fit(
-        X_tr,
-        y_tr,
-        batch_size=cfg.batch_size,
-        epochs=cfg.epochs,
-        validation_data=(X_va, y_va),
-        callbacks=callbacks,
-        verbose=0,
-        shuffle=True,
-    )
+    if X_tr.nbytes + X_va.nbytes <= IN_MEMORY_MAX_BYTES:
+        data = {"x": _in_memory(X_tr, y_tr, cfg.batch_size, variant.seed), "shuffle": False,  # it shuffles itself
+                "validation_data": _in_memory(X_va, y_va, cfg.batch_size)}  # fmt: skip
+    else:
+        data = {"x": X_tr, "y": y_tr, "batch_size": cfg.batch_size, "validation_data": (X_va, y_va), "shuffle": True}
+    hist = model.fit(**data, epochs=cfg.epochs, callbacks=callbacks, verbose=0)
     history = {k: [float(v) for v in vs] for k, vs in hist.history.items()}
     diverged = is_diverged(history, model)
     extra = {"n_train": len(y_tr), "n_val": len(y_va), "n_classes": meta["n_classes"]}
