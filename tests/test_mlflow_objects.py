@@ -32,11 +32,11 @@ def dag_run(tmp_path_factory):
         mp.setenv("BNPIPE_HOME", str(home))
         mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{home / 'mlflow.db'}")
         mp.setenv("BNPIPE_INPUT_DIRS", str(home.parent))
-        mp.setenv("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "0.2")  # a sample or more in these short runs
+        mp.setenv("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "0.01")  # samples in these short runs
         snapshot = snapshots.ingest(sources.IngestRequest(source="breast_cancer"))
         run = tracking.start_dag_run({}, "bnpipe_experiment", "manual__objects", "")
         tracking.record_snapshot(run["parent_run_id"], snapshot)
-        cfg = TrainConfig(epochs=2, batch_size=32, threads=1)
+        cfg = TrainConfig(epochs=2, batch_size=8, threads=1)  # ~0.2 s of training: system-metrics samples
         good = Variant(preprocessing="standard", hidden_bn=False, hidden=(8,))
         other = Variant(preprocessing="bn_first", hidden=(8,), seed=1)
         bad = Variant(preprocessing="none", hidden_bn=False, hidden=(8,), learning_rate=1e30)
@@ -218,3 +218,30 @@ def test_a_variant_whose_name_has_a_dot_gets_its_logged_model(tmp_path):
     model_id = tracking.create_variant_model(client, exp, run_id, name, {"learning_rate": 0.05}, {})
     got = client.get_logged_model(model_id)
     assert got.name == name.replace(".", "_") and got.source_run_id == run_id
+
+
+@pytest.mark.parametrize(("live_seconds", "epoch_requests"), [(0.0, 6), (1e9, 1)])
+def test_epoch_metrics_are_sent_at_most_once_per_interval_and_none_is_lost(dag_run, monkeypatch, live_seconds,
+                                                                            epoch_requests):  # fmt: skip
+    """Last in this module: it adds variants to the experiment the first tests count."""
+    p = dag_run
+    monkeypatch.setattr(logged_training, "LIVE_METRICS_SECONDS", live_seconds)
+    sends, real = [], tracking.log_metric_rows
+
+    def counting(client, run_id, rows, links=None):
+        sends.append((links, [step for row, step, *_ in rows if "loss" in row]))
+        return real(client, run_id, rows, links)
+
+    monkeypatch.setattr(tracking, "log_metric_rows", counting)
+    run = tracking.start_dag_run({}, "bnpipe_experiment", f"manual__live_{live_seconds}", "")
+    result = logged_training.train_and_log(
+        p["snapshot"], Variant(hidden=(8,), seed=3).to_dict(), TrainConfig(epochs=6, batch_size=32, threads=1),
+        run["experiment_id"], run["parent_run_id"],
+    )  # fmt: skip
+    epoch_sends = [steps for links, steps in sends if links is None and steps]
+    assert len(epoch_sends) == epoch_requests, sends
+    assert sorted(s for steps in epoch_sends for s in steps) == [1, 2, 3, 4, 5, 6]
+    history = p["client"].get_metric_history(result["run_id"], "loss")
+    assert [m.step for m in history] == [1, 2, 3, 4, 5, 6]  # each epoch once, the model's copy not added
+    stamps = [m.timestamp for m in history]
+    assert stamps == sorted(stamps), "each epoch keeps the time it ended"

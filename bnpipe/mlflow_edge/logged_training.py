@@ -26,6 +26,10 @@ from bnpipe.mlflow_edge import snapshot_store, tracking
 # MLflow's own settings win: MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL, and
 # MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING=false turns the sampling off.
 SYSTEM_METRICS_SECONDS = 5.0
+# Epoch metrics go to the server at most this often (each row keeps its own epoch-end timestamp):
+# the MLflow UI's curves still move live, but a variant of 30 sub-second epochs sends a few requests
+# instead of 30, which cost the server ~40 ms of CPU each (docs/performance.md, row 10).
+LIVE_METRICS_SECONDS = 1.0
 
 
 class SystemMetrics:
@@ -106,6 +110,22 @@ def train_and_log(
         },
     )
     model_id, system = None, None
+    pending: list = []  # instrumentation rows ride along with the epochs' metrics
+    unsent: list = []  # epoch rows (metrics, step, timestamp) not sent yet
+    last: list = []  # the last epoch's row, step and timestamp: linked to the model at the end
+    sent = [time.monotonic()]
+
+    def send_epochs() -> None:
+        if unsent:
+            tracking.log_metric_rows(client, run_id, [*unsent, *pending])
+            unsent[:], pending[:], sent[0] = [], [], time.monotonic()
+
+    def log_epoch(step: int, row: dict) -> None:
+        last[:] = [(row, step, int(time.time() * 1000))]
+        unsent.append(last[0])
+        if time.monotonic() - sent[0] >= LIVE_METRICS_SECONDS:
+            send_epochs()
+
     try:
         params = {k: v for k, v in variant.to_dict().items() if k != "name"}
         params = {**params, **{f"train.{k}": v for k, v in asdict(cfg).items()}}
@@ -116,13 +136,6 @@ def train_and_log(
             {tracking.TAG + "variant": variant.name, tracking.TAG + "train_key": key,
              tracking.TAG + "data_digest": snapshot["digest"], tracking.TAG + "parent_run_id": parent_run_id},
         )  # fmt: skip
-        pending: list = []  # instrumentation rows ride along with the epoch's metrics: one request per epoch
-        last: list = []  # the last epoch's row, step and timestamp: linked to the model at the end
-
-        def log_epoch(step: int, row: dict) -> None:
-            rows, pending[:] = [(row, step), *pending], []
-            last[:] = [(row, step, tracking.log_metric_rows(client, run_id, rows))]
-
         system = SystemMetrics(client, run_id)
         t0 = time.perf_counter()
         model, history, diverged, extra = train.fit(
@@ -130,6 +143,7 @@ def train_and_log(
         )
         system.stop()
         train_seconds = time.perf_counter() - t0
+        send_epochs()  # before the model's copy of the last epoch below: the run's history gets one of each
         final = {k: vs[-1] for k, vs in history.items() if vs}  # already logged per epoch
         summary = {"train_seconds": train_seconds, "epochs_run": len(history.get("loss", [])), **extra}
         if variant.bn_recalibrate and "val_accuracy_recalibrated" in extra:  # the model as it was saved
@@ -163,10 +177,12 @@ def train_and_log(
         client.set_tag(run_id, tracking.TAG + "status", status)
         client.set_terminated(run_id, status="FINISHED")
     except train.Aborted as exc:
+        _send_quietly(send_epochs)
         _model_failed(client, model_id)
         client.set_terminated(run_id, status=exc.status)
         raise
     except BaseException:
+        _send_quietly(send_epochs)
         _model_failed(client, model_id)
         client.set_terminated(run_id, status="FAILED")
         raise
@@ -178,6 +194,15 @@ def train_and_log(
         "name": variant.name, "run_id": run_id, "model_id": model_id, "status": status, "metrics": metrics,
         "train_key": key,
     }  # fmt: skip
+
+
+def _send_quietly(send) -> None:
+    """The epochs' metrics not sent yet, when training stopped: best effort, so that an unreachable
+    server does not hide the error that stopped it (its own error is printed)."""
+    try:
+        send()
+    except Exception as exc:  # noqa: BLE001 - the original error propagates
+        print(f"bnpipe: could not log the last epochs' metrics: {exc}")
 
 
 def _model_failed(client, model_id: str | None) -> None:

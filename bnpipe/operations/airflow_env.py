@@ -85,6 +85,11 @@ def airflow_env(
         "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": db_url,
         "MLFLOW_TRACKING_URI": tracking_uri,
         "TF_CPP_MIN_LOG_LEVEL": "2",
+        # A task's supervisor (every executor runs one per task) notices its task process has exited
+        # only at its next heartbeat check, at most this often (default 5 s): once the task's sockets
+        # have closed it sleeps the whole interval, so each task held its executor slot (or Celery
+        # worker) ~5 s after it ended. 1 s: the tail is at most 1 s, for one heartbeat a second per running task.
+        "AIRFLOW__WORKERS__MIN_HEARTBEAT_INTERVAL": "1",
     }
     if services is None:
         return env
