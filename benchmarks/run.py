@@ -301,6 +301,7 @@ def scaleout_rows(res: dict) -> list[dict]:
     vpm = {arm: [r["variants_per_minute"] for r in runs[arm]] for arm in runs}
     idle = {arm: [100 * statistics.mean(w["idle_seconds"] / r["seconds"] for w in r["workers"].values())
                   for r in runs[arm]] for arm in runs}  # fmt: skip
+    control = {arm: [r["control_cpu_seconds"] / r["run_seconds"] for r in runs[arm]] for arm in runs}
     target = res["target"]
     return [
         _row("10a", "Celery scale-out: two workers on one core each / one worker on one core, training "
@@ -314,6 +315,9 @@ def scaleout_rows(res: dict) -> list[dict]:
         _row("10e", "  training phase, two workers", [r["seconds"] for r in runs["two"]], "s", digits=1),
         _row("10f", "  a worker's time without a training task in the phase, one worker", idle["one"], "%", digits=1),
         _row("10g", "  the same, two workers (mean over the workers)", idle["two"], "%", digits=1),
+        _row("10h", "  control plane's CPU (scheduler, api-server, dag-processor, MLflow server) over the DAG "
+             "run's wall time, one worker", control["one"], "cores", digits=2),
+        _row("10i", "  the same, two workers", control["two"], "cores", digits=2),
     ]  # fmt: skip
 
 

@@ -15,11 +15,13 @@ Each repetition runs the same DAG run twice, in turns (which arm goes first alte
 Every arm starts fresh workers, each with a ``BNPIPE_HOME`` of its own (so cold warm trainers and
 an empty snapshot cache), concurrency 1 and no prefetching beyond the task it runs; the warm
 trainers they start inherit the worker's core. The DAG is the same in both arms:
-``BNPIPE_TRAIN_CONCURRENCY`` is the two-worker arm's slots (one per worker), ``BNPIPE_TF_THREADS=1``.
-So in the ``one`` arm a second training task waits in Redis while the first runs, and in the ``two``
-arm a worker that finishes waits for the scheduler to queue the next one: that wait is reported
-(``idle_seconds``). The scheduler, the api-server, the dag-processor and the MLflow server are not
-pinned: they share the two cores with the workers.
+``BNPIPE_TRAIN_CONCURRENCY`` is twice the two-worker arm's slots, ``BNPIPE_TF_THREADS=1``. So in
+both arms training tasks wait in Redis while others run, and a worker that finishes takes the next
+at once (with one task queued per slot, the two-worker arm's workers waited for the scheduler to
+queue their next task: 33% of their time, at 1.56x). What a worker still spends without a training
+task is reported (``idle_seconds``). The scheduler, the api-server, the dag-processor and the MLflow
+server are not pinned: they share the two cores with the workers, and the CPU time they use during
+each DAG run is reported (``control_cpu_seconds``, their process groups' user and system time).
 
 Throughput is the training phase's: the ``train`` task instances' count over the time from the
 first one's start to the last one's end (Airflow's start and end dates), per minute.
@@ -81,7 +83,9 @@ def _stack(root: Path, airflow_db: str, mlflow_db: str, redis_n: int):
         extra_env={
             "BNPIPE_HOME": root / "home-scheduler",
             "BNPIPE_TRAIN_QUEUE": "train",
-            "BNPIPE_TRAIN_CONCURRENCY": max(ARMS.values()),  # one training slot per worker of the larger arm
+            # a training slot per worker of the larger arm and one task queued behind each: a worker that
+            # finishes takes the next task from Redis at once instead of waiting for the scheduler to queue one
+            "BNPIPE_TRAIN_CONCURRENCY": 2 * max(ARMS.values()),
             "BNPIPE_TF_THREADS": 1,  # a worker has one core
             "BNPIPE_SCHEDULE": "",  # manual runs only
             "BNPIPE_RETRIES": 0,  # a failed task fails the measurement instead of hiding in a retry
@@ -134,6 +138,31 @@ def training_phase(tis: list[dict]) -> dict:
     }
 
 
+def _groups_cpu_seconds(groups: dict[str, int]) -> dict[str, float]:
+    """CPU seconds (user + system) used so far by the processes in each named process group, with
+    the children they have reaped; from ``/proc/<pid>/stat``."""
+    name_of = {pgid: name for name, pgid in groups.items()}
+    ticks = dict.fromkeys(groups, 0)
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            text = (entry / "stat").read_text()
+        except OSError:  # gone meanwhile
+            continue
+        fields = text[text.rindex(")") + 2 :].split()  # from field 3 (state) on: pgrp is 5, utime..cstime 14-17
+        if int(fields[2]) in name_of:
+            ticks[name_of[int(fields[2])]] += sum(int(v) for v in fields[11:15])
+    hz = os.sysconf("SC_CLK_TCK")
+    return {name: n / hz for name, n in ticks.items()}
+
+
+def _control_groups(stack) -> dict[str, int]:
+    """The process groups of the stack's control plane, by component: every one but the Celery workers."""
+    records = {name: stack.record_of(name) for name in stack.recorded() if not name.startswith("celery-worker")}
+    return {name: r["pid"] for name, r in records.items() if r}
+
+
 def arm_run(stack, arm: str, cores: list[int], conf: dict, tag: str, timeout: float) -> dict:
     """Fresh workers for ``arm``, pinned one per core; one DAG run on them; the workers stopped again."""
     from bnpipe.operations import warm
@@ -154,10 +183,12 @@ def arm_run(stack, arm: str, cores: list[int], conf: dict, tag: str, timeout: fl
             _wait_ready(stack, name)
         pins = {name: sorted(os.sched_getaffinity(pid)) for name, pid in pids.items()}  # taskset has exec'd by now
         load = os.getloadavg()
-        t0 = time.monotonic()
+        control = _control_groups(stack)
+        cpu0, t0 = _groups_cpu_seconds(control), time.monotonic()
         run_id = stack.client.trigger(EXPERIMENT_DAG, conf)
         state = stack.client.wait_for_run(EXPERIMENT_DAG, run_id, timeout=timeout)
         run_seconds = time.monotonic() - t0
+        cpu = {name: seconds - cpu0[name] for name, seconds in _groups_cpu_seconds(control).items()}
         tis = stack.client.task_instances(EXPERIMENT_DAG, run_id)
         if state != "success":
             failed = [(t["task_id"], t["map_index"], t["state"], t["hostname"]) for t in tis if t["state"] != "success"]
@@ -170,6 +201,7 @@ def arm_run(stack, arm: str, cores: list[int], conf: dict, tag: str, timeout: fl
         if strangers:
             raise RuntimeError(f"training tasks of {run_id} ran on workers not of this arm: {sorted(strangers)}")
         return {"arm": arm, "run_id": run_id, "run_seconds": run_seconds, "pinned": pins, "trainers_pinned": trainers,
+                "control_cpu_seconds": sum(cpu.values()), "control_cpu_by_component": cpu,
                 "load_before": load, "load_after": os.getloadavg(), **phase}  # fmt: skip
     finally:
         for name in started:
