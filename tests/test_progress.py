@@ -195,3 +195,46 @@ def test_runs_show_prints_the_same_summary_by_either_id(piped_run):
     assert by_dag_run.stdout == by_parent.stdout
     missing = run_cli(["runs", "show", "manual__nope"], home, timeout=120)
     assert missing.returncode == 1 and missing.stderr.strip().startswith("bnpipe runs show: no bnpipe run")
+
+
+HOOKS_LOCK_PROBE = """
+import sys, threading
+from bnpipe.operations import cli
+{prepare}
+from mlflow.utils import import_hooks
+
+held, release = threading.Event(), threading.Event()
+
+def other_thread():  # the watcher's thread, caught inside an import: it holds MLflow's import-hooks lock
+    with import_hooks._post_import_hooks_lock:
+        held.set()
+        release.wait()
+
+threading.Thread(target=other_thread, daemon=True).start()
+held.wait()
+import mlflow.models.evaluation.evaluator_registry as registry  # what compare's first evaluate does
+assert registry._model_evaluation_registry.is_registered("default"), "evaluators not registered"
+print("registered")
+release.set()
+"""
+
+
+@pytest.mark.parametrize("prepared", [True, False])
+def test_in_process_runs_register_mlflows_evaluators_before_the_watcher_thread_starts(prepared):
+    """`bnpipe run` without --parallel runs compare's ``mlflow.models.evaluate`` in the process whose
+    progress watcher polls MLflow from another thread. Registering the evaluators takes MLflow's
+    import-hooks lock while importing, and another thread's import can hold a module lock while it
+    waits for that lock: a deadlock that hung a run (see ``cli.before_in_process_tasks``). Prepared,
+    the registration no longer needs the lock; unprepared, the same import waits for it."""
+    import subprocess
+    import sys
+
+    code = HOOKS_LOCK_PROBE.format(prepare="cli.before_in_process_tasks()" if prepared else "")
+    try:
+        wait = 60 if prepared else 15  # unprepared, it waits for good: 15 s tell
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=wait)
+    except subprocess.TimeoutExpired:
+        assert not prepared, "registering MLflow's evaluators waited for another thread's import-hooks lock"
+        return
+    assert prepared, "the unprepared registration should have waited for the lock (is the probe still valid?)"
+    assert out.returncode == 0 and "registered" in out.stdout, out.stderr[-2000:]

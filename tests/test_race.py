@@ -29,9 +29,9 @@ from fault_proxy import FaultProxy
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(480)]
 
 MODEL = "bnpipe-wine"
-# With --parallel (the LocalExecutor) as `make demo` runs. Without it, one stale-side `bnpipe run` of a
-# full suite hung for 7 min inside its in-process compare task (after the held version create); see
-# the session note of 2026-11-28.
+# With --parallel (the LocalExecutor) as `make demo` runs. Without it, compare runs in the `bnpipe run`
+# process beside the progress watcher's thread, where a stale side once hung: an import deadlock
+# between the two threads, fixed by ``cli.before_in_process_tasks`` and tested in test_progress.
 COMMON = ["run", "--dataset", "wine", "--grid", "custom", "--hidden", "[16]", "--batch-size", "16", "--parallel"]
 GOOD_AXES = {"preprocessing": ["standard"], "learning_rate": [0.05]}
 POOR_AXES = {"preprocessing": ["none"], "hidden_bn": [False], "learning_rate": [1e-5]}

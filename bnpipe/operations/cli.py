@@ -288,6 +288,20 @@ def output_to(path: Path | None):
         os.close(saved[1])
 
 
+def before_in_process_tasks() -> None:
+    """What must happen in this thread before the progress watcher's thread starts, when the tasks
+    (compare's ``mlflow.models.evaluate`` among them) run in this process.
+
+    MLflow's first ``evaluate`` registers its evaluators through its import hooks: it imports a
+    few dozen modules while holding the hooks' lock, which every import in any thread takes to
+    look a module up. The watcher's MLflow client imports on each request (a missing Databricks
+    module), holding that module's import lock while it waits for the hooks' lock; the main thread
+    waited for the module lock: a deadlock, which hung a `bnpipe run` for good (2026-11-28, under
+    load; py-spy showed both threads). Registered here first, before any other thread exists.
+    """
+    import mlflow.models.evaluation.evaluator_registry  # noqa: F401 - its import registers the evaluators
+
+
 def _watcher(conf: dict, run_id: str, out, verbose: bool):
     """The progress of DAG run ``run_id``, read from MLflow: a Live display on a terminal, else plain lines."""
     from mlflow.exceptions import MlflowException
@@ -398,6 +412,8 @@ def cmd_run(args) -> int:
         if log_path:
             print(f"Airflow's logs: {_shown_path(log_path)} (--verbose shows them here)", file=out, flush=True)
         try:
+            if not args.parallel:
+                before_in_process_tasks()
             with _watcher(conf, run_id, out, args.verbose):
                 dr = run_dag(conf, parallel=args.parallel, run_after=run_after)
         except EmbeddedError as exc:
