@@ -318,6 +318,10 @@ def scaleout_rows(res: dict) -> list[dict]:
         _row("10h", "  control plane's CPU (scheduler, api-server, dag-processor, MLflow server) over the DAG "
              "run's wall time, one worker", control["one"], "cores", digits=2),
         _row("10i", "  the same, two workers", control["two"], "cores", digits=2),
+        _row("10j", "  a `train` task instance's duration, median, one worker",
+             [r["task_seconds_median"] for r in runs["one"]], "s", digits=2),
+        _row("10k", "  the same, two workers side by side", [r["task_seconds_median"] for r in runs["two"]], "s",
+             digits=2),
     ]  # fmt: skip
 
 
