@@ -17,11 +17,11 @@ an empty snapshot cache), concurrency 1 and no prefetching beyond the task it ru
 trainers they start inherit the worker's core. The DAG is the same in both arms:
 ``BNPIPE_TRAIN_CONCURRENCY`` is twice the two-worker arm's slots, ``BNPIPE_TF_THREADS=1``. So in
 both arms training tasks wait in Redis while others run, and a worker that finishes takes the next
-at once (with one task queued per slot, the two-worker arm's workers waited for the scheduler to
-queue their next task: 33% of their time, at 1.56x). What a worker still spends without a training
-task is reported (``idle_seconds``). The scheduler, the api-server, the dag-processor and the MLflow
-server are not pinned: they share the two cores with the workers, and the CPU time they use during
-each DAG run is reported (``control_cpu_seconds``, their process groups' user and system time).
+without waiting for the scheduler to queue it. What a worker spends without a training task is
+reported (``idle_seconds``: most of it was Airflow's 5 s supervisor check after each task, now 1 s).
+The scheduler, the api-server, the dag-processor and the MLflow server are not pinned: they share
+the two cores with the workers, and the CPU time they use during each DAG run is reported
+(``control_cpu_seconds``, their process groups' user and system time).
 
 Throughput is the training phase's: the ``train`` task instances' count over the time from the
 first one's start to the last one's end (Airflow's start and end dates), per minute.
@@ -42,6 +42,7 @@ from datetime import datetime
 from pathlib import Path
 
 from benchmarks.common import rotated, summary
+from bnpipe.base import procs
 from bnpipe.operations import local_services as services
 
 CLAIM_KEY = "bnpipe:bench-claim"
@@ -138,25 +139,6 @@ def training_phase(tis: list[dict]) -> dict:
     }
 
 
-def _groups_cpu_seconds(groups: dict[str, int]) -> dict[str, float]:
-    """CPU seconds (user + system) used so far by the processes in each named process group, with
-    the children they have reaped; from ``/proc/<pid>/stat``."""
-    name_of = {pgid: name for name, pgid in groups.items()}
-    ticks = dict.fromkeys(groups, 0)
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            text = (entry / "stat").read_text()
-        except OSError:  # gone meanwhile
-            continue
-        fields = text[text.rindex(")") + 2 :].split()  # from field 3 (state) on: pgrp is 5, utime..cstime 14-17
-        if int(fields[2]) in name_of:
-            ticks[name_of[int(fields[2])]] += sum(int(v) for v in fields[11:15])
-    hz = os.sysconf("SC_CLK_TCK")
-    return {name: n / hz for name, n in ticks.items()}
-
-
 def _control_groups(stack) -> dict[str, int]:
     """The process groups of the stack's control plane, by component: every one but the Celery workers."""
     records = {name: stack.record_of(name) for name in stack.recorded() if not name.startswith("celery-worker")}
@@ -184,11 +166,12 @@ def arm_run(stack, arm: str, cores: list[int], conf: dict, tag: str, timeout: fl
         pins = {name: sorted(os.sched_getaffinity(pid)) for name, pid in pids.items()}  # taskset has exec'd by now
         load = os.getloadavg()
         control = _control_groups(stack)
-        cpu0, t0 = _groups_cpu_seconds(control), time.monotonic()
+        cpu0, t0 = procs.groups_cpu_seconds(control.values()), time.monotonic()
         run_id = stack.client.trigger(EXPERIMENT_DAG, conf)
         state = stack.client.wait_for_run(EXPERIMENT_DAG, run_id, timeout=timeout)
         run_seconds = time.monotonic() - t0
-        cpu = {name: seconds - cpu0[name] for name, seconds in _groups_cpu_seconds(control).items()}
+        cpu1 = procs.groups_cpu_seconds(control.values())
+        cpu = {name: cpu1[pgid] - cpu0[pgid] for name, pgid in control.items()}
         tis = stack.client.task_instances(EXPERIMENT_DAG, run_id)
         if state != "success":
             failed = [(t["task_id"], t["map_index"], t["state"], t["hostname"]) for t in tis if t["state"] != "success"]

@@ -36,13 +36,29 @@ def port_is_free(port: int) -> bool:
         return True
 
 
+def _fields(stat: str) -> list[str]:
+    """The fields of a ``/proc/<pid>/stat`` line from field 3 (state) on: the name before may hold spaces.
+    Index 0 is the state, 2 the process group, 11-14 utime, stime, cutime, cstime, 19 the start time."""
+    return stat[stat.rindex(")") + 2 :].split()
+
+
+def _all_stats():
+    """(pid, ``_fields``) of every process; those gone while being read are left out."""
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            text = stat.read_text()
+        except OSError:
+            continue
+        yield int(stat.parent.name), _fields(text)
+
+
 def start_ticks(pid: int) -> int | None:
     """The process's start time in clock ticks since boot (None if it is gone): PID reuse guard."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
         return None
-    fields = stat[stat.rindex(")") + 2 :].split()
+    fields = _fields(stat)
     if fields[0] == "Z":  # a zombie has exited already
         return None
     return int(fields[19])
@@ -80,16 +96,18 @@ def spawn(cmd: list[str], log: Path, env: dict | None = None, cwd: str | None = 
 
 def group_members(pgid: int) -> list[int]:
     """PIDs of live (non-zombie) processes in process group ``pgid``."""
-    out = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            text = stat.read_text()
-        except OSError:
-            continue
-        fields = text[text.rindex(")") + 2 :].split()
-        if fields[0] != "Z" and int(fields[2]) == pgid:
-            out.append(int(stat.parent.name))
-    return out
+    return [pid for pid, fields in _all_stats() if fields[0] != "Z" and int(fields[2]) == pgid]
+
+
+def groups_cpu_seconds(pgids) -> dict[int, float]:
+    """CPU seconds (user + system) used so far by the processes of each process group in ``pgids``,
+    with the children they have reaped."""
+    ticks = dict.fromkeys(pgids, 0)
+    for _, fields in _all_stats():
+        if int(fields[2]) in ticks:
+            ticks[int(fields[2])] += sum(int(v) for v in fields[11:15])
+    hz = os.sysconf("SC_CLK_TCK")
+    return {pgid: n / hz for pgid, n in ticks.items()}
 
 
 def terminate(rec: dict | None, grace: float = 20, group: bool = True) -> bool:

@@ -113,17 +113,20 @@ def train_and_log(
     pending: list = []  # instrumentation rows ride along with the epochs' metrics
     unsent: list = []  # epoch rows (metrics, step, timestamp) not sent yet
     last: list = []  # the last epoch's row, step and timestamp: linked to the model at the end
-    sent = [time.monotonic()]
+    sent_at = time.monotonic()
 
     def send_epochs() -> None:
+        nonlocal sent_at
         if unsent:
             tracking.log_metric_rows(client, run_id, [*unsent, *pending])
-            unsent[:], pending[:], sent[0] = [], [], time.monotonic()
+            unsent.clear()
+            pending.clear()
+            sent_at = time.monotonic()
 
     def log_epoch(step: int, row: dict) -> None:
         last[:] = [(row, step, int(time.time() * 1000))]
         unsent.append(last[0])
-        if time.monotonic() - sent[0] >= LIVE_METRICS_SECONDS:
+        if time.monotonic() - sent_at >= LIVE_METRICS_SECONDS:
             send_epochs()
 
     try:
